@@ -1,0 +1,190 @@
+"""
+Command-line configuration of the dataclass configs every script declares.
+
+A script describes its settings as a dataclass, one field per line with a trailing comment, and runs as
+
+    if __name__ == "__main__":
+        main(train, TrainConfig)
+
+so `python train_sft.py --lr=1e-4 --compile` overrides two fields, while a notebook calls `train(TrainConfig(lr=1e-4))`
+without any command line at all. Overrides are `--key=value`, parsed against the field's type: int, float, str,
+bool (true/false/1/0/yes/no, or `--key` alone for true) and Optional[...] of those ("none" means None).
+A field can restrict its values with `field(default=..., metadata={"choices": (...)})`.
+Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`, whose one-line
+message names the flag; `main` prints it and exits with status 2.
+"""
+
+import dataclasses
+import difflib
+import inspect
+import io
+import sys
+import tokenize
+import types
+import typing
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem the user can fix (a bad flag, file or checkpoint). Its message is one line naming the culprit."""
+
+
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _unwrap_optional(tp):
+    """(inner type, optional?) for X, Optional[X] and X | None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp):
+    inner, optional = _unwrap_optional(tp)
+    name = getattr(inner, "__name__", str(inner))
+    return f"{name} or none" if optional else name
+
+
+def _convert(flag, text, tp):
+    """The value of `text` as type `tp`, or a UserError naming the flag and the expected type."""
+    inner, optional = _unwrap_optional(tp)
+    if optional and text.lower() == "none":
+        return None
+    if inner is bool:
+        if text.lower() in BOOLEANS:
+            return BOOLEANS[text.lower()]
+    elif inner is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif inner is float:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    elif inner is str:
+        return text
+    else:
+        # A field of another type (a list, a nested config) is a script's own business, not the command line's.
+        raise UserError(f"--{flag} cannot be set from the command line (its type is {_type_name(tp)})")
+    expected = "bool (true/false/1/0/yes/no)" if inner is bool else inner.__name__
+    if optional:
+        expected += " or none"
+    raise UserError(f"invalid value {text!r} for --{flag}: expected {expected}")
+
+
+def _field_comments(config_cls):
+    """{field name: its trailing comment}, read from the source of the class and its bases; a class without
+    source (typed into a REPL) simply has no comments."""
+    comments = {}
+    for klass in config_cls.__mro__:  # subclass first, so an overriding field keeps its own comment
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        # tokenize, not a regex: a '#' inside a string default is not a comment.
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                name = tok.line.split(":", 1)[0].strip()
+                if name.isidentifier():
+                    comments.setdefault(name, tok.string.lstrip("#").strip())
+    return comments
+
+
+def _settable_fields(config_cls):
+    hints = typing.get_type_hints(config_cls)  # resolves string annotations (`from __future__ import annotations`)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(config_cls) if f.init}
+
+
+def _default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def format_help(config_cls):
+    """One line per field: --name=TYPE, its default, its allowed choices and its comment."""
+    comments = _field_comments(config_cls)
+    lines = [f"usage: --key=value ... ({config_cls.__name__}; bools also accept --key alone)"]
+    for name, (f, tp) in _settable_fields(config_cls).items():
+        default = _default(f)
+        text = f"  --{name}={_type_name(tp)}"
+        text += "  (required)" if default is dataclasses.MISSING else f"  (default: {default!r})"
+        if "choices" in f.metadata:
+            text += f"  [{', '.join(map(str, f.metadata['choices']))}]"
+        if name in comments:
+            text += f"  # {comments[name]}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def parse_args(config_cls, argv):
+    """An instance of `config_cls` with the `--key=value` overrides in `argv` applied.
+
+    `--help` / `-h` prints every field and raises SystemExit(0). Anything else wrong raises UserError.
+    """
+    known = _settable_fields(config_cls)
+    overrides = {}
+    for arg in argv:
+        if arg in ("--help", "-h"):
+            print(format_help(config_cls))
+            raise SystemExit(0)
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"unexpected argument {arg!r}: settings are given as --key=value")
+        key, has_value, text = arg[2:].partition("=")
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean --{close[0]}?" if close else "see --help for the valid flags"
+            raise UserError(f"unknown flag --{key}; {hint}")
+        if key in overrides:
+            raise UserError(f"--{key} is given twice")
+        f, tp = known[key]
+        if not has_value:
+            if _unwrap_optional(tp)[0] is not bool:
+                raise UserError(f"--{key} needs a value: --{key}=<{_type_name(tp)}>")
+            text = "true"
+        value = _convert(key, text, tp)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(f"invalid value {text!r} for --{key}: choose one of {', '.join(map(str, choices))}")
+        overrides[key] = value
+    missing = [name for name, (f, _) in known.items() if name not in overrides and _default(f) is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"missing required flag(s): {', '.join('--' + name for name in missing)}")
+    return config_cls(**overrides)
+
+
+def main(fn, config_cls, argv=None):
+    """Run `fn(config)` with the config parsed from `argv` (default: sys.argv[1:]) and return its result.
+
+    A UserError, from parsing or from `fn`, becomes "error: <message>" on stderr and exit status 2; every other
+    exception propagates with its traceback, because it is a bug, not a user mistake.
+    """
+    try:
+        config = parse_args(config_cls, sys.argv[1:] if argv is None else argv)
+        return fn(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def config_to_dict(config):
+    """The config as a JSON-safe dict (nested dataclasses, tuples and paths included), for logs and checkpoints."""
+    def plain(value, where):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {str(k): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"{where} = {value!r} is not JSON-safe ({type(value).__name__})")
+    return plain(config, type(config).__name__)
