@@ -1,0 +1,382 @@
+"""
+The language model: a small decoder-only transformer in plain PyTorch.
+
+One `ModelConfig` covers the two families nanoAFT loads:
+- "llama": rotary position embeddings (half-split layout, as Hugging Face checkpoints store them), RMSNorm,
+  SwiGLU MLP, grouped-query attention (n_kv_head < n_head), optional q/k/v biases (Qwen2), tied or untied head.
+- "gpt2": learned absolute positions, LayerNorm with bias, GELU (tanh approximation), biases everywhere,
+  tied head.
+Our own small models are LLaMA style.
+
+`GPT.forward` returns logits for EVERY position, (B, T, V), never only the last one: scoring a chain of
+thought needs them all. An optional `KVCache` serves incremental decoding; `left_pad` lets rows of one batch
+hold prompts of different lengths (padded on the left, so every row's next token lands in the same column).
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from configurator import UserError
+
+
+@dataclass
+class ModelConfig:
+    family: str = "llama"           # "llama" (RoPE, RMSNorm, SwiGLU) or "gpt2" (learned positions, LayerNorm, GELU)
+    vocab_size: int = 1024          # tokens, including special tokens
+    block_size: int = 512           # longest sequence the model handles (positions / rotary table)
+    n_layer: int = 4                # transformer blocks
+    n_head: int = 4                 # query heads
+    n_kv_head: int = 0              # key/value heads; 0 means n_head, fewer means grouped-query attention
+    n_embd: int = 128               # residual stream width
+    head_dim: int = 0               # per-head width; 0 means n_embd // n_head
+    intermediate_size: int = 0      # MLP hidden width; 0 means 4*n_embd (gpt2) or ~8/3*n_embd rounded to 32 (llama)
+    rope_theta: float = 10000.0     # rotary base (llama)
+    norm_eps: float = 1e-5          # epsilon of RMSNorm / LayerNorm
+    bias: bool = False              # biases in every linear layer and norm (gpt2 checkpoints have them)
+    qkv_bias: bool = False          # biases on q/k/v projections only (Qwen2)
+    tie_embeddings: bool = True     # output head shares the token embedding matrix
+
+    def __post_init__(self):
+        if self.family not in ("llama", "gpt2"):
+            raise UserError(f"ModelConfig.family must be 'llama' or 'gpt2', got {self.family!r}")
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        if self.head_dim == 0:
+            if self.n_embd % self.n_head:
+                raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            self.head_dim = self.n_embd // self.n_head
+        if self.n_head % self.n_kv_head:
+            raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.family == "llama" and self.head_dim % 2:
+            raise UserError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+        if self.intermediate_size == 0:
+            if self.family == "gpt2":
+                self.intermediate_size = 4 * self.n_embd
+            else:  # SwiGLU has three matrices; 8/3 keeps the parameter count of a 4x GELU MLP
+                self.intermediate_size = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 whatever the activation dtype, as LLaMA does, then cast back
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(config):
+    if config.family == "llama":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rotary_tables(head_dim, length, theta, device=None):
+    """cos and sin tables (length, head_dim) in the half-split layout: dimension j is rotated together with
+    dimension j + head_dim/2 (Hugging Face's `rotate_half` convention, not the interleaved pairs of the
+    original LLaMA code)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)  # (L, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """x (B, h, T, hd); cos, sin (B, 1, T, hd)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+def reference_attention(q, k, v, attn_mask=None, is_causal=False):
+    """Plain masked-softmax attention, the readable definition and the test oracle for the SDPA path.
+    q (B, h, Tq, hd); k, v (B, h_kv, Tk, hd); attn_mask (B, 1, Tq, Tk) bool, True = may attend."""
+    n_rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(n_rep, dim=1)  # (B, h, Tk, hd): each kv head serves n_rep query heads
+    v = v.repeat_interleave(n_rep, dim=1)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, h, Tq, Tk)
+    if is_causal:
+        Tq, Tk = att.shape[-2:]
+        attn_mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float("-inf"))
+    return att.softmax(dim=-1) @ v  # (B, h, Tq, hd)
+
+
+def sdpa_attention(q, k, v, attn_mask=None, is_causal=False):
+    """The fast path: PyTorch's fused kernel (flash / memory-efficient on GPU), same contract as above."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        qkv_bias = config.bias or config.qkv_bias
+        self.q_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
+        self.attend = sdpa_attention
+
+    def forward(self, x, rotary, kv_cache, layer, attn_mask, is_causal):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, h_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, h_kv, T, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, h_kv, T_past + T, hd)
+        y = self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, h, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.family = config.family
+        hidden = config.intermediate_size
+        if config.family == "llama":
+            self.gate_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+            self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+            self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        else:
+            self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+            self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+
+    def forward(self, x):
+        if self.family == "llama":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = Attention(config)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rotary, kv_cache, layer, attn_mask, is_causal):
+        x = x + self.attn(self.norm1(x), rotary, kv_cache, layer, attn_mask, is_causal)
+        return x + self.mlp(self.norm2(x))
+
+
+# -----------------------------------------------------------------------------
+# The KV cache
+
+class KVCache:
+    """Keys and values of every layer for positions already processed, preallocated to `max_len`.
+    All rows advance together (`pos` is one number); rows of different prompt lengths are left-padded."""
+
+    def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, h_kv, max_len, hd)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # positions filled so far
+        self.max_len = max_len
+
+    def update(self, layer, k, v):
+        """Store the new keys/values (B, h_kv, T, hd) of one layer; return all keys/values so far. The
+        position only advances after the last layer, so every layer writes into the same columns."""
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        if layer == self.k.shape[0] - 1:
+            self.pos = end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def fan_out(self, k):
+        """Repeat every row k times (row i becomes rows i*k .. i*k+k-1): one prefill, k continuations."""
+        self.k = self.k.repeat_interleave(k, dim=1)
+        self.v = self.v.repeat_interleave(k, dim=1)
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.family == "gpt2":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if config.family == "llama":
+            cos, sin = rotary_tables(config.head_dim, config.block_size, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        init_weights(self)
+
+    def set_attention(self, kind):
+        """'sdpa' (default, fast) or 'reference' (plain softmax attention, the test oracle)."""
+        attend = {"sdpa": sdpa_attention, "reference": reference_attention}[kind]
+        for block in self.blocks:
+            block.attn.attend = attend
+
+    def forward(self, idx, targets=None, kv_cache=None, left_pad=None, ignore_index=-100):
+        """idx (B, T) token ids. targets (B, T) next-token ids, `ignore_index` where unscored.
+        kv_cache: continue after the cache's positions and store this call's keys/values in it.
+        left_pad (B,): how many padding tokens each row starts with; they are never attended to and
+        positions count from each row's first real token.
+        Returns (logits (B, T, V), loss or None); loss is the mean cross-entropy, computed in float32."""
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
+        if left_pad is not None:
+            positions = (positions - left_pad[:, None]).clamp(min=0)
+        attn_mask, is_causal = self._attention_mask(B, T, start, left_pad, idx.device)
+
+        x = self.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.family == "gpt2":
+            x = x + self.wpe(positions)
+        else:
+            rotary = (self.rope_cos[positions][:, None].to(x.dtype),   # (B, 1, T, hd)
+                      self.rope_sin[positions][:, None].to(x.dtype))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rotary, kv_cache, layer, attn_mask, is_causal)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        return logits, loss
+
+    @staticmethod
+    def _attention_mask(B, T, start, left_pad, device):
+        """Returns (attn_mask, is_causal) for queries at positions start..start+T-1 over keys 0..start+T-1.
+        The common cases need no mask tensor: a fresh causal pass, or one new token that sees everything."""
+        no_padding = left_pad is None or not bool(left_pad.any())
+        if no_padding and start == 0:
+            return None, True
+        if no_padding and T == 1:
+            return None, False
+        query_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
+        key_pos = torch.arange(start + T, device=device)[None, :]  # (1, Tk)
+        allowed = (key_pos <= query_pos)[None]  # (1, T, Tk)
+        if left_pad is not None:
+            # a padding query sees itself only, so no softmax row is empty (that would give NaN)
+            allowed = (allowed & (key_pos >= left_pad[:, None, None])) | (key_pos == query_pos)  # (B, T, Tk)
+        return allowed.expand(B, T, start + T)[:, None], False  # (B, 1, T, Tk)
+
+
+def init_weights(model):
+    """Initialise every parameter of a fresh model (GPT-2's scheme):
+    - linear and embedding weights: normal(0, 0.02);
+    - the projections that write into the residual stream (attn.o_proj, mlp.down_proj): normal(0, 0.02 /
+      sqrt(2 * n_layer)), so the residual stream's variance does not grow with depth;
+    - biases: 0; norm weights: 1 (LayerNorm biases 0).
+    A tied head shares the embedding's initialisation."""
+    residual_std = 0.02 / math.sqrt(2 * model.config.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            std = residual_std if name.endswith(("o_proj", "down_proj")) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+
+def num_params(model, non_embedding=False):
+    """Parameter count (a tied head is counted once). non_embedding drops token and position embeddings."""
+    total = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        total -= model.wte.weight.numel()
+        if hasattr(model, "wpe"):
+            total -= model.wpe.weight.numel()
+    return total
+
+
+# -----------------------------------------------------------------------------
+# Save and load: config.json + model.safetensors in a directory (no pickle anywhere)
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def save_model(model, directory):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del tensors["lm_head.weight"]  # the same storage as wte.weight; safetensors refuses shared tensors
+    save_file(tensors, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps({"nanoaft": asdict(model.config)}, indent=2) + "\n")
+
+
+def load_config(directory):
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found (expected a model directory with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict) or "nanoaft" not in raw:
+        raise UserError(f"{path}: not a nanoAFT model config (no 'nanoaft' key; Hugging Face directories "
+                        f"are read by from_pretrained)")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(raw["nanoaft"]) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown config field(s) {', '.join(unknown)}")
+    return ModelConfig(**raw["nanoaft"])
+
+
+def load_model(directory, device="cpu"):
+    """Build the model that `save_model` wrote. A missing, unexpected or mis-shaped tensor is an error naming it."""
+    directory = Path(directory)
+    model = GPT(load_config(directory))
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found")
+    load_state(model, load_file(str(path)), str(path))
+    return model.to(device)
+
+
+def load_state(model, tensors, source):
+    """Copy `tensors` into the model, checking names and shapes first (nothing is half-loaded)."""
+    expected = {name: t for name, t in model.state_dict().items()
+                if not (model.config.tie_embeddings and name == "lm_head.weight")}
+    for name in expected:
+        if name not in tensors:
+            raise UserError(f"{source}: missing tensor '{name}'")
+    for name, t in tensors.items():
+        if name not in expected:
+            raise UserError(f"{source}: unexpected tensor '{name}' (not in a {model.config.family} model)")
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise UserError(f"{source}: tensor '{name}' has shape {tuple(t.shape)}, "
+                            f"the config expects {tuple(expected[name].shape)}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            expected[name].copy_(t)

@@ -1,0 +1,142 @@
+"""model.py: KV cache equals a full forward, SDPA equals the reference attention, causality, padding,
+save/load. Every model here is tiny and float32 so the whole file runs in seconds."""
+
+import json
+
+import pytest
+import torch
+
+from configurator import UserError
+from model import GPT, KVCache, ModelConfig, load_model, num_params, save_model
+
+FAMILIES = {
+    "llama": dict(family="llama"),
+    "llama_gqa": dict(family="llama", n_head=4, n_kv_head=2),
+    "qwen2_like": dict(family="llama", n_head=4, n_kv_head=1, qkv_bias=True, tie_embeddings=False),
+    "gpt2": dict(family="gpt2", bias=True),
+}
+
+
+def tiny(family="llama", **overrides):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    cfg.update(FAMILIES[family])
+    cfg.update(overrides)
+    model = GPT(ModelConfig(**cfg))
+    # larger weights than the default init, so that a layout mistake cannot hide under tiny logits
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_matches_full_forward(family):
+    model = tiny(family)
+    idx = torch.randint(0, 97, (3, 20))
+    full, _ = model(idx)  # (B, T, V)
+    cache = KVCache(model.config, 3, 20)
+    chunks = [model(idx[:, :7], kv_cache=cache)[0]]  # a prefill of 7, then chunks of 1 and 4 tokens
+    for t in range(7, 12):
+        chunks.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+    for t in range(12, 20, 4):
+        chunks.append(model(idx[:, t:t + 4], kv_cache=cache)[0])
+    incremental = torch.cat(chunks, dim=1)
+    assert incremental.shape == full.shape
+    assert (incremental - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sdpa_equals_reference_attention(family):
+    model = tiny(family)
+    idx = torch.randint(0, 97, (2, 16))
+    fast, _ = model(idx)
+    left_pad = torch.tensor([0, 5])
+    fast_padded, _ = model(idx, left_pad=left_pad)
+    model.set_attention("reference")
+    slow, _ = model(idx)
+    slow_padded, _ = model(idx, left_pad=left_pad)
+    assert (fast - slow).abs().max().item() < 1e-5
+    assert (fast_padded - slow_padded).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causality(family):
+    model = tiny(family)
+    idx = torch.randint(0, 97, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 97
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.equal(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_matches_unpadded_row(family):
+    model = tiny(family)
+    short = torch.randint(0, 97, (1, 9))
+    long = torch.randint(0, 97, (1, 14))
+    batch = torch.cat([torch.cat([torch.zeros(1, 5, dtype=torch.long), short], 1), long])  # (2, 14)
+    padded, _ = model(batch, left_pad=torch.tensor([5, 0]))
+    alone, _ = model(short)
+    assert (padded[0, 5:] - alone[0]).abs().max().item() < 1e-5
+    assert torch.isfinite(padded).all()  # padding queries must not produce NaN
+
+
+def test_forward_returns_every_position_and_masked_loss():
+    model = tiny()
+    idx = torch.randint(0, 97, (2, 10))
+    targets = torch.randint(0, 97, (2, 10))
+    targets[:, :4] = -100
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 10, 97)
+    manual = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 97), targets[:, 4:].reshape(-1))
+    assert abs(loss.item() - manual.item()) < 1e-6
+
+
+def test_config_defaults_and_param_count():
+    cfg = ModelConfig(n_embd=96, n_head=6, n_layer=3, vocab_size=50)
+    assert cfg.n_kv_head == 6 and cfg.head_dim == 16
+    assert cfg.intermediate_size % 32 == 0 and cfg.intermediate_size >= 8 * 96 / 3
+    model = GPT(cfg)
+    C, H = 96, cfg.intermediate_size
+    per_block = 4 * C * C + 3 * C * H + 2 * C  # attention, SwiGLU, two RMSNorm weights
+    assert num_params(model) == 50 * C + 3 * per_block + C  # tied head counted once
+    assert num_params(model, non_embedding=True) == 3 * per_block + C
+    with pytest.raises(UserError, match="n_kv_head"):
+        ModelConfig(n_head=4, n_kv_head=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_load_identical_logits(tmp_path, family):
+    model = tiny(family)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path).eval()
+    idx = torch.randint(0, 97, (2, 12))
+    assert torch.equal(model(idx)[0], loaded(idx)[0])
+    assert loaded.config == model.config
+
+
+def test_load_errors_name_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_model(tiny(), tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    missing = dict(tensors)
+    del missing["blocks.1.mlp.up_proj.weight"]
+    save_file(missing, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="missing tensor 'blocks.1.mlp.up_proj.weight'"):
+        load_model(tmp_path)
+
+    wrong = dict(tensors)
+    wrong["blocks.0.attn.k_proj.weight"] = torch.zeros(3, 3)
+    save_file(wrong, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UserError, match="'blocks.0.attn.k_proj.weight' has shape"):
+        load_model(tmp_path)
+
+    (tmp_path / "config.json").write_text(json.dumps({"nanoaft": {"n_layr": 2}}))
+    with pytest.raises(UserError, match="n_layr"):
+        load_model(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "nowhere")
