@@ -1,0 +1,197 @@
+"""Tests of tokenizer.py: trainer parity with tiktoken's reference trainer, round trips, digits, rank files."""
+
+import json
+import random
+
+import pytest
+from tiktoken._educational import SimpleBytePairEncoding, bpe_train
+
+from configurator import UserError
+from tokenizer import (
+    EOT,
+    PATTERN,
+    TokenizerConfig,
+    build_encoding,
+    fingerprint,
+    load_ranks,
+    load_tokenizer,
+    save_ranks,
+    train_bpe,
+    train_tokenizer,
+)
+
+
+def make_text(n_sentences=80, seed=0):
+    """A few KB of word problems: varied English words, numbers of every length, punctuation, some unicode."""
+    rng = random.Random(seed)
+    names = ["Natalia", "Weng", "Betty", "José", "Zoë", "李雷", "Marguerite", "Olu"]
+    verbs = ["sold", "bought", "baked", "collected", "gave away", "painted", "shipped", "counted"]
+    things = ["clips", "apples", "books", "dollars", "minutes", "cookies", "emoji 🙂", "pencils", "tickets"]
+    places = ["at school", "in the garden", "on Monday", "before lunch", "at the café", "during the week"]
+    sentences = []
+    for _ in range(n_sentences):
+        a, b = rng.randint(0, 999), rng.randint(1, 99999)
+        who, other = rng.choice(names), rng.choice(names)
+        sentences.append(
+            f"{who} {rng.choice(verbs)} {a} {rng.choice(things)} {rng.choice(places)}, and {other} "
+            f"{rng.choice(verbs)} {b} more. How many did they have? {a}+{b} = <<{a}+{b}={a + b}>>{a + b}\n"
+            f"#### {a + b}\n"
+        )
+    return "\n".join(sentences)
+
+
+TEXT = make_text()
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    return train_bpe(TEXT, 400)
+
+
+@pytest.fixture(scope="module")
+def enc(ranks):
+    return build_encoding(ranks)
+
+
+@pytest.mark.parametrize("vocab_size", [300, 420])
+def test_train_matches_tiktoken_reference_trainer(vocab_size):
+    assert len(TEXT) > 5000
+    ours = train_bpe(TEXT, vocab_size)
+    reference = bpe_train(TEXT, vocab_size, PATTERN, visualise=None)
+    assert list(ours.items()) == list(reference.items())
+
+
+def random_lines(seed):
+    rng = random.Random(seed)
+    return "\n".join("".join(rng.choice("aab") for _ in range(rng.randint(3, 40))) for _ in range(60))
+
+
+@pytest.mark.parametrize(
+    "text, vocab_size",
+    [
+        # Breaking ties by token index instead of byte offset picks a different pair on this text.
+        ("ccccbccacbbbcacbacbcbabca\nabcbaacbcaacbbcaacc", 270),
+        (random_lines(seed=1), 320),
+    ],
+)
+def test_train_matches_reference_on_tie_heavy_text(text, vocab_size):
+    # One pre-token per line over a tiny alphabet: overlapping pairs ("aaa") and many equal counts.
+    ours = train_bpe(text, vocab_size, pattern=r"[^\n]+|\n")
+    reference = bpe_train(text, vocab_size, r"[^\n]+|\n", visualise=None)
+    assert list(ours.items()) == list(reference.items())
+
+
+def test_train_golden_values():
+    single_bytes = {bytes([b]): b for b in range(256)}
+    # Frequency first: " a" and "ab" occur twice, "xy" (read first) once; the tie goes to " a", read before "ab".
+    assert train_bpe("xy ab ab", 258) == {**single_bytes, b" a": 256, b" ab": 257}
+    # Ties (every pair once) go to the pair read first: "xy", then " y" (from " yx"), then " y" + "x".
+    assert train_bpe("xy yx", 259) == {**single_bytes, b"xy": 256, b" y": 257, b" yx": 258}
+
+
+def test_train_rejects_bad_sizes():
+    with pytest.raises(UserError, match="vocab_size=255"):
+        train_bpe(TEXT, 255)
+    with pytest.raises(UserError, match="text too small"):
+        train_bpe("ab", 258)  # only one pair exists
+
+
+def test_train_prints_nothing_by_default(capsys):
+    train_bpe("xy ab ab", 258)
+    assert capsys.readouterr().out == ""
+
+
+def test_encoding_matches_reference_encoder(ranks, enc):
+    # tiktoken (Rust regex + BPE) against the educational Python encoder on the same ranks and pattern.
+    reference = SimpleBytePairEncoding(pat_str=PATTERN, mergeable_ranks=ranks)
+    text = make_text(20, seed=7) + " it's  \n\n x \t'LL 3.14 ñandú"
+    assert enc.encode_ordinary(text) == reference.encode(text, visualise=None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72",
+        "emoji 🙂🚀, CJK 你好世界, accents éàüñ Ångström, ZWJ 👩‍👩‍👧",
+        "  leading and trailing spaces \t\n\n",
+        "",
+    ],
+)
+def test_round_trip(enc, text):
+    tokens = enc.encode_ordinary(text)
+    assert enc.decode(tokens) == text
+    assert enc.decode_bytes(tokens) == text.encode("utf-8")
+
+
+def test_raw_bytes_round_trip(enc):
+    # Ranks 0..255 are the bytes themselves, so bytes that are not valid UTF-8 survive decode_bytes.
+    raw = bytes([0xFF, 0x00, 0xC3, 0x80, 0xFE])
+    assert enc.decode_bytes(list(raw)) == raw
+
+
+def test_eot_is_never_produced_from_text(ranks, enc):
+    eot = len(ranks)
+    assert enc.eot_token == eot and enc.n_vocab == len(ranks) + 1
+    text = f"a question that mentions {EOT} in passing{EOT}"
+    tokens = enc.encode_ordinary(text)
+    assert eot not in tokens
+    assert enc.decode(tokens) == text
+    assert enc.encode(EOT, allowed_special="all") == [eot]
+    with pytest.raises(ValueError):
+        enc.encode(text)  # tiktoken refuses special-token text unless told what to do with it
+
+
+def test_numbers_are_single_digits(ranks, enc):
+    tokens = enc.encode_ordinary("12345")
+    assert [enc.decode([t]) for t in tokens] == ["1", "2", "3", "4", "5"]
+    # TEXT is full of numbers, yet no learned token holds two digits.
+    assert not any(sum(c.isdigit() for c in token.decode("utf-8", "replace")) > 1 for token in ranks)
+
+
+def test_save_load_round_trip(tmp_path, ranks):
+    path = str(tmp_path / "sub" / "tok.bpe")
+    save_ranks(ranks, path)
+    assert load_ranks(path) == ranks
+    assert list((tmp_path / "sub").iterdir()) == [tmp_path / "sub" / "tok.bpe"]  # no temp file left behind
+    assert (tmp_path / "sub" / "tok.bpe").read_text().splitlines()[:2] == ["AA== 0", "AQ== 1"]
+
+
+def test_load_sees_edits_made_after_a_first_load(tmp_path, ranks):
+    path = str(tmp_path / "tok.bpe")
+    save_ranks(ranks, path)
+    first, first_print = load_tokenizer(path), fingerprint(path)
+    lines = (tmp_path / "tok.bpe").read_text().splitlines()
+    (tmp_path / "tok.bpe").write_text("\n".join(lines[:300]) + "\n")
+    second = load_tokenizer(path)
+    assert (first.n_vocab, second.n_vocab) == (len(ranks) + 1, 301)
+    assert second.eot_token == 300
+    assert fingerprint(path) != first_print and len(first_print) == 16
+
+
+def test_load_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.bpe"
+    path.write_text("AA== 0\nAQ== 1\nnot-a-rank-line\n")
+    with pytest.raises(UserError, match=r"bad\.bpe:3:"):
+        load_ranks(str(path))
+    path.write_text("AA== 0\n!!!! 1\n")
+    with pytest.raises(UserError, match=r"bad\.bpe:2:"):
+        load_ranks(str(path))
+    path.write_text("AA== 0\nAQ== 0\n")
+    with pytest.raises(UserError, match=r"bad\.bpe:2: duplicate"):
+        load_ranks(str(path))
+    with pytest.raises(UserError, match="missing.bpe"):
+        load_ranks(str(tmp_path / "missing.bpe"))
+
+
+def test_train_tokenizer_from_jsonl(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(50)]
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = str(tmp_path / "tok.bpe")
+    assert train_tokenizer(TokenizerConfig(input=str(data), vocab_size=262, out=out, verbose=0)) == fingerprint(out)
+    enc = load_tokenizer(out)
+    assert enc.n_vocab == 263
+    assert enc.decode(enc.encode_ordinary("What is 7 + 7?")) == "What is 7 + 7?"
+    data.write_text(json.dumps(rows[0]) + '\n{"question": "no answer"}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl:2:"):
+        train_tokenizer(TokenizerConfig(input=str(data), out=out, verbose=0))
