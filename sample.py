@@ -1,0 +1,158 @@
+"""
+Sampling from the model: batched, KV-cached, hand-written temperature / top-k / top-p.
+
+`generate` prefills every prompt once, fans the cache out `num_samples` ways, then decodes one token per
+step for all rows together until each row has produced end-of-text or `max_new_tokens`. It returns the
+token ids and the model's log-probability of every generated token.
+
+    python sample.py --ckpt=out/vft --question="Tom has 3 apples and buys 5 more. How many apples does he have?"
+    python sample.py --ckpt=out/vft --prompt="Question: ..." --num_samples=4 --temperature=0.8
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from checkpoint import find_checkpoint
+from configurator import UserError, main
+from data.dataset import format_prompt
+from model import KVCache, load_model
+from tokenizer import load_tokenizer
+
+
+@dataclass
+class Samples:
+    tokens: torch.Tensor    # (N, max_new) generated ids; after a row's end-of-text, padded with end-of-text
+    logprobs: torch.Tensor  # (N, max_new) float32 log p(token) under the model at temperature 1; 0 after the end
+    lengths: torch.Tensor   # (N,) tokens generated per row, its end-of-text included when produced
+    finished: torch.Tensor  # (N,) bool: the row ended with end-of-text (not cut by max_new_tokens)
+
+    def row(self, i):
+        """The generated ids of row i, end-of-text included when produced."""
+        return self.tokens[i, : self.lengths[i]].tolist()
+
+
+def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """Scale by temperature and keep only the top-k tokens and the smallest set whose probability reaches
+    top_p (the nucleus); everything else gets -inf. logits (N, V) float32. top_k=0 and top_p=1 disable."""
+    logits = logits / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+        drop_sorted = mass_before >= top_p  # the best token always stays (its mass_before is 0)
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_next(logits, temperature, top_k, top_p, generator):
+    """One token per row from logits (N, V): argmax when temperature is 0, else a draw from the filtered
+    distribution with the given torch.Generator."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
+             eot_id=None, generator=None, use_cache=True):
+    """Continue each prompt (a list of token-id lists) num_samples times.
+
+    Rows come out prompt-major: prompt i's samples are rows i*num_samples .. i*num_samples+num_samples-1.
+    Prompts of different lengths are left-padded. With use_cache=False every step recomputes the whole
+    sequence (same result, much slower; kept for the benchmark and as a test oracle)."""
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
+                         f"(got {temperature}, {top_p}, {top_k})")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.config.block_size:
+        raise ValueError(f"prompt of {longest} + {max_new_tokens} new tokens exceeds block_size "
+                         f"{model.config.block_size}")
+    pad_id = eot_id if eot_id is not None else 0
+    idx = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (P, Tp)
+    left_pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (P,)
+
+    cache = None
+    if use_cache:
+        cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device=device,
+                        dtype=model.lm_head.weight.dtype)
+    logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
+    logits = logits[:, -1].float().repeat_interleave(num_samples, dim=0)  # (N, V)
+    if use_cache:
+        cache.fan_out(num_samples)
+    left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
+    seq = idx.repeat_interleave(num_samples, dim=0)  # (N, Tp), only needed without the cache
+
+    N = logits.shape[0]
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    lengths = torch.zeros(N, dtype=torch.long, device=device)
+    for t in range(max_new_tokens):
+        next_id = pick_next(logits, temperature, top_k, top_p, generator)  # (N,)
+        next_logp = logits.log_softmax(dim=-1).gather(-1, next_id[:, None]).squeeze(-1)  # (N,)
+        tokens[:, t] = torch.where(finished, pad_id, next_id)
+        logprobs[:, t] = torch.where(finished, 0.0, next_logp)
+        lengths += (~finished).long()
+        if eot_id is not None:
+            finished |= next_id == eot_id
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        if use_cache:
+            logits, _ = model(tokens[:, t:t + 1], kv_cache=cache, left_pad=left_pad)
+        else:
+            seq = torch.cat([seq, tokens[:, t:t + 1]], dim=1)
+            logits, _ = model(seq, left_pad=left_pad)
+        logits = logits[:, -1].float()
+    return Samples(tokens, logprobs, lengths, finished)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+@dataclass
+class Config:
+    ckpt: str = "out/vft"           # model or run directory (with tokenizer.tiktoken)
+    prompt: str = ""                # raw prompt text
+    question: str = ""              # or a question, wrapped in the task's prompt format
+    num_samples: int = 4            # continuations of the prompt
+    max_new_tokens: int = 192       # tokens per continuation at most
+    temperature: float = 0.8        # 0 = greedy
+    top_k: int = 0                  # keep the k likeliest tokens (0 = all)
+    top_p: float = 1.0              # nucleus mass (1 = all)
+    seed: int = 0                   # sampling seed
+    device: str = "cpu"             # "cpu", "cuda", ...
+
+
+def run(cfg):
+    if bool(cfg.prompt) == bool(cfg.question):
+        raise UserError("give exactly one of --prompt=... or --question=...")
+    directory = find_checkpoint(cfg.ckpt)
+    enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
+    model = load_model(directory, cfg.device).eval()
+    text = cfg.prompt or format_prompt(cfg.question)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    out = generate(model, [enc.encode_ordinary(text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
+                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=enc.eot_token,
+                   generator=generator)
+    texts = []
+    for i in range(cfg.num_samples):
+        ids = [t for t in out.row(i) if t != enc.eot_token]
+        texts.append(enc.decode(ids, errors="replace"))
+        mean_logp = out.logprobs[i, :out.lengths[i]].mean().item()
+        print(f"--- sample {i + 1}/{cfg.num_samples} (mean log-prob {mean_logp:.3f}"
+              f"{'' if out.finished[i] else ', cut at max_new_tokens'})")
+        print(text + texts[-1])
+    return texts
+
+
+if __name__ == "__main__":
+    main(run, Config)
