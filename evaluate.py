@@ -1,0 +1,196 @@
+"""
+The metrics of PAPER.md section 7, for a checkpoint and a split of questions.
+
+- T-Acc: greedy-decoding accuracy (final answer exact match) [paper].
+- maj@k: majority vote over k sampled answers; ties go to the answer reached first [paper metric; tie rule ours].
+- rerank@k: the answer of the highest-scoring sample by s(c) (the model's own assessment put to use) [paper].
+- A-Acc: over candidate groups, the fraction of (positive, negative) pairs with s_p > s_n; a tie counts half
+  [paper metric; tie rule ours]. Here on the k samples drawn for each test question.
+- gold PPL: exp(-sum_c S(c) / sum_c |c|) over the reference COTs, token-weighted [ours].
+- degeneration rate: share of greedy outputs with a repetition loop or no final answer [ours].
+
+    python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval.json
+"""
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from checkpoint import find_checkpoint
+from configurator import main
+from data.answers import extract_answer, is_degenerate
+from data.dataset import load_task
+from model import load_model
+from sample import generate
+from sequences import encode_pair, score_pairs
+from tokenizer import load_tokenizer
+
+
+@dataclass
+class Config:
+    ckpt: str = "out/vft"           # model or run directory (its tokenizer.tiktoken is used)
+    dataset: str = "synth"          # "synth" or "gsm8k"
+    data_dir: str = ""              # gsm8k jsonl directory
+    data_seed: int = 0              # seed of the generated task (must match training's)
+    split: str = "test"             # "test" or "val"
+    n_questions: int = 1000         # questions for greedy accuracy and gold PPL
+    k: int = 8                      # samples per question for maj@k, rerank@k and test A-Acc
+    k_questions: int = 200          # questions for the sampled metrics (0 = skip them)
+    temperature: float = 0.8        # sampling temperature
+    max_new_tokens: int = 160       # generation budget per answer
+    batch_size: int = 128           # rows per generation batch
+    seed: int = 0                   # sampling seed
+    device: str = "auto"            # "auto", "cpu", "cuda"
+    out: str = ""                   # JSON output path ("" = <ckpt>/eval_<split>.json)
+
+
+def decode(enc, ids):
+    """Text of generated ids, end-of-text dropped."""
+    return enc.decode([t for t in ids if t != enc.eot_token], errors="replace")
+
+
+def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0.0, batch_size=128,
+             generator=None):
+    """Generated texts and their token ids: num_samples per question, prompt-major."""
+    per_batch = max(1, batch_size // num_samples)
+    texts, ids = [], []
+    for start in range(0, len(questions), per_batch):
+        prompts = [encode_pair(enc, q, "")[0] for q in questions[start:start + per_batch]]
+        out = generate(model, prompts, max_new_tokens, num_samples=num_samples, temperature=temperature,
+                       eot_id=enc.eot_token, generator=generator)
+        for row in range(out.tokens.shape[0]):
+            ids.append(out.row(row))
+            texts.append(decode(enc, ids[-1]))
+    return texts, ids
+
+
+@torch.no_grad()
+def greedy_accuracy(model, enc, examples, max_new_tokens=160, batch_size=128):
+    """T-Acc and degeneration rate of greedy decoding on `examples` (dicts with question, answer)."""
+    texts, _ = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, batch_size=batch_size)
+    correct = [is_answer_right(text, ex["answer"]) for text, ex in zip(texts, examples)]
+    return {"accuracy": sum(correct) / len(examples),
+            "degeneration": sum(map(is_degenerate, texts)) / len(examples),
+            "n": len(examples), "outputs": texts}
+
+
+def is_answer_right(text, gold_answer):
+    predicted = extract_answer(text)
+    return predicted is not None and predicted == extract_answer(gold_answer)
+
+
+def assessment_accuracy(scores, labels, valid):
+    """A-Acc: fraction of (positive, negative) pairs of the same group with s_p > s_n, a tie counting half.
+    scores, labels (1 = correct), valid: (B, K). Returns (accuracy or None when there is no pair, pair count)."""
+    pos = (labels > 0) & valid  # (B, K)
+    neg = (labels <= 0) & valid
+    pairs = pos[:, :, None] & neg[:, None, :]  # (B, Kp, Kn)
+    diff = scores[:, :, None] - scores[:, None, :]  # (B, K, K) s_p - s_n
+    wins = ((diff > 0).float() + 0.5 * (diff == 0).float())[pairs]
+    n = int(pairs.sum())
+    return (wins.sum().item() / n if n else None), n
+
+
+def majority_vote(answers):
+    """Most frequent non-missing answer; ties go to the one reached first; None when every answer is missing."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+@torch.no_grad()
+def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_size=128, seed=0):
+    """maj@k, rerank@k and A-Acc over k samples per question; each sample is scored by s(c) through
+    the shared scoring path (one batched forward per batch)."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    questions = [ex["question"] for ex in examples]
+    texts, ids = complete(model, enc, questions, max_new_tokens, k, temperature, batch_size, generator)
+    pairs = [(encode_pair(enc, questions[i // k], "")[0], ids[i]) for i in range(len(ids))]
+    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
+    scores = (total / count.clamp(min=1)).view(len(examples), k)  # (B, K) s(c)
+    answers = [extract_answer(t) for t in texts]
+    gold = [extract_answer(ex["answer"]) for ex in examples]
+    labels = torch.tensor([[answers[i * k + j] == gold[i] for j in range(k)] for i in range(len(examples))])
+    maj = sum(majority_vote(answers[i * k:(i + 1) * k]) == gold[i] for i in range(len(examples)))
+    best = scores.argmax(dim=1)
+    rerank = sum(bool(labels[i, best[i]]) for i in range(len(examples)))
+    a_acc, n_pairs = assessment_accuracy(scores, labels.float(), torch.ones_like(labels))
+    return {f"maj@{k}": maj / len(examples), f"rerank@{k}": rerank / len(examples),
+            "a_acc": a_acc, "a_acc_pairs": n_pairs,
+            "mixed_share": float(((labels.sum(1) > 0) & (labels.sum(1) < k)).float().mean()),
+            "any_correct": float((labels.sum(1) > 0).float().mean())}
+
+
+@torch.no_grad()
+def group_assessment(model, enc, groups, batch_size=128):
+    """A-Acc of `model` on stored candidate groups (candidates.py): over the sampled chains only, and with
+    the gold chain counted as one more positive."""
+    K = max(len(g["candidates"]) for g in groups)
+    pairs, shape = [], (len(groups), K)
+    correct, gold, valid = torch.zeros(shape), torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+    for b, group in enumerate(groups):
+        prompt = encode_pair(enc, group["question"], "")[0]
+        for j, c in enumerate(group["candidates"]):
+            pairs.append((prompt, c["ids"]))
+            correct[b, j], gold[b, j], valid[b, j] = float(c["correct"]), c["gold"], True
+    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
+    scores = torch.zeros(shape)
+    scores[valid] = (total / count.clamp(min=1)).cpu()
+    samples_only, _ = assessment_accuracy(scores, correct, valid & ~gold)
+    with_gold, _ = assessment_accuracy(scores, correct, valid)
+    return {"a_acc_train": samples_only, "a_acc_train_gold": with_gold}
+
+
+@torch.no_grad()
+def gold_perplexity(model, enc, examples, batch_size=128):
+    """exp(-sum S / sum |c|) of the reference COTs (their end-of-text included)."""
+    pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
+    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
+    return float(torch.exp(-total.sum() / count.sum()))
+
+
+def evaluate_model(model, enc, examples, cfg):
+    """Every metric of the module docstring on `examples`, as a flat dict."""
+    model.eval()
+    greedy = greedy_accuracy(model, enc, examples[:cfg.n_questions], cfg.max_new_tokens, cfg.batch_size)
+    metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
+               "gold_ppl": gold_perplexity(model, enc, examples[:cfg.n_questions], cfg.batch_size)}
+    if cfg.k_questions > 0 and cfg.k > 0:
+        metrics.update(sampled_metrics(model, enc, examples[:cfg.k_questions], cfg.k, cfg.temperature,
+                                       cfg.max_new_tokens, cfg.batch_size, cfg.seed))
+    return metrics
+
+
+def format_table(rows):
+    """rows: {name: metrics dict} -> a markdown table with one column per model."""
+    names = list(rows)
+    keys = [k for k in rows[names[0]] if isinstance(rows[names[0]][k], (int, float)) or rows[names[0]][k] is None]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in keys:
+        cells = ["-" if rows[n].get(key) is None else f"{rows[n][key]:.4g}" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(cfg):
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if cfg.device == "auto" else cfg.device)
+    directory = find_checkpoint(cfg.ckpt)
+    enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
+    model = load_model(directory, device)
+    task = load_task(cfg.dataset, data_dir=cfg.data_dir or None, seed=cfg.data_seed)
+    metrics = evaluate_model(model, enc, task[cfg.split], cfg)
+    print(format_table({str(directory): metrics}))
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
+    out.write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"wrote {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(run, Config)

@@ -1,0 +1,129 @@
+"""train_sft.py and sequences.py: prompt masking, a tiny end-to-end run, exact resume, and bad input that
+stops with a one-line error without touching an existing checkpoint."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from configurator import UserError
+from sequences import collate, encode_pair
+from tokenizer import load_tokenizer
+from train_sft import Config, batch_indices, learning_rate, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path, **overrides):
+    cfg = Config(n_train=200, n_layer=1, n_head=2, n_embd=32, block_size=256, batch_size=4, max_steps=6,
+                 warmup_steps=2, log_every=2, eval_every=3, eval_examples=8, save_every=3, test_questions=4,
+                 max_new_tokens=16, out_dir=str(tmp_path / "run"))
+    return replace(cfg, **overrides)
+
+
+def test_collate_masks_exactly_the_completion():
+    pairs = [([1, 2, 3], [4, 5, 9]), ([6], [7, 9])]
+    idx, targets, mask = collate(pairs, pad_id=0)
+    # row 0: inputs 1 2 3 4 5 predict 2 3 4 5 9; the completion 4 5 9 is predicted from positions 2, 3, 4
+    assert idx.tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
+    assert targets.tolist() == [[2, 3, 4, 5, 9], [7, 9, 0, 0, 0]]
+    assert mask.tolist() == [[False, False, True, True, True], [True, True, False, False, False]]
+
+
+def test_encode_pair_never_makes_the_special_token_from_data():
+    enc = load_tokenizer(str(REPO / "data" / "tokenizer.tiktoken"))
+    prompt, completion = encode_pair(enc, "What is <|endoftext|>?", "It is 1 + 1 = 2.\n#### 2")
+    assert enc.eot_token not in prompt and completion.count(enc.eot_token) == 1 and completion[-1] == enc.eot_token
+    assert enc.decode(prompt) == "Question: What is <|endoftext|>?\nAnswer:\n"
+
+
+def test_schedule_and_data_order():
+    cfg = Config(max_steps=100, warmup_steps=10, learning_rate=1.0, min_lr=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(0.1) and learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(100, cfg) == pytest.approx(0.1) and learning_rate(55, cfg) == pytest.approx(0.55)
+    steps = [batch_indices(s, 4, 10, seed=3) for s in range(5)]  # 20 draws = two epochs of 10
+    flat = [i for s in steps for i in s]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # a fresh permutation each epoch
+    assert batch_indices(3, 4, 10, seed=3) == steps[3]  # a pure function of the step
+
+
+def test_tiny_run_end_to_end_then_evaluate(tmp_path):
+    history = train(tiny_config(tmp_path))
+    losses = [r["loss"] for r in history["train"]]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert [r["step"] for r in history["eval"]] == [3, 6]
+    assert 0.0 <= history["test"]["accuracy"] <= 1.0 and history["test"]["n"] == 4
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.tiktoken",
+                                                 "optimizer.safetensors", "trainer.json"}
+    from evaluate import Config as EvalConfig, run
+    metrics = run(EvalConfig(ckpt=str(tmp_path / "run"), n_questions=4, k=2, k_questions=2, max_new_tokens=16))
+    assert set(metrics) >= {"t_acc", "gold_ppl", "maj@2", "rerank@2", "a_acc", "degeneration"}
+    assert metrics["gold_ppl"] > 1.0
+    assert json.loads((tmp_path / "run" / "eval_test.json").read_text())["t_acc"] == metrics["t_acc"]
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    full = tiny_config(tmp_path, out_dir=str(tmp_path / "full"), test_questions=0)
+    train(full)
+    part = replace(full, out_dir=str(tmp_path / "part"), stop_after=3)
+    train(part)
+    train(replace(part, stop_after=0, resume=True))
+    a = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(str(tmp_path / "part" / "checkpoint" / "optimizer.safetensors"))
+    d = load_file(str(tmp_path / "full" / "checkpoint" / "optimizer.safetensors"))
+    assert all(torch.equal(c[k], d[k]) for k in c)
+
+
+def test_existing_checkpoint_is_never_overwritten_by_mistake(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=2, test_questions=0)
+    train(cfg)
+    weights = tmp_path / "run" / "checkpoint" / "model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(UserError, match="already holds a checkpoint"):
+        train(cfg)
+    with pytest.raises(UserError, match="--max_steps=5 differs"):
+        train(replace(cfg, resume=True, max_steps=5))
+    with pytest.raises(UserError, match="tokenizer"):
+        train(replace(cfg, overwrite=True, tokenizer=str(tmp_path / "missing.tiktoken")))
+    assert weights.read_bytes() == before
+
+
+def run_script(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "train_sft.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lerning_rate=1"], "did you mean --learning_rate?"),
+    (["--max_steps=ten"], "--max_steps"),
+    (["--dataset=gsm8k", "--data_dir=nowhere"], "nowhere"),
+    (["--init_from=nowhere"], "nowhere"),
+])
+def test_bad_input_is_one_line_error(tmp_path, args, message):
+    result = run_script(*args, "--out_dir=out", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q", "answer": "a\\n#### 1"}\nnot json\n', "train.jsonl:2"),
+    ('{"question": "q"}\n', "answer"),
+    ('{"question": "q", "answer": "no final line"}\n', "####"),
+    ("", "empty"),
+])
+def test_bad_jsonl_is_one_line_error(tmp_path, content, message):
+    (tmp_path / "train.jsonl").write_text(content)
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1"}\n')
+    result = run_script("--dataset=gsm8k", f"--data_dir={tmp_path}", "--out_dir=out", cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1

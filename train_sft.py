@@ -1,0 +1,247 @@
+"""
+Step 1 of AFT: vanilla fine-tuning (VFT) on chain-of-thought data.
+
+Every (question, reference COT) pair is trained with the paper's token-level NLL, prompt tokens masked out:
+L_VFT = -(1/|c|) sum_j log p(c_j | q, c_<j), averaged over the batch [paper]. On the built-in task the model
+starts from scratch (our default small LLaMA-style model); `--init_from=DIR` fine-tunes an existing one.
+
+    python train_sft.py                                  # built-in task, ~4 minutes on a 2-core CPU
+    python train_sft.py --max_steps=200 --out_dir=out/quick
+    python train_sft.py --resume                         # continue a stopped run exactly
+
+From Python (a notebook): `history = train(Config(max_steps=100))`.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
+from configurator import UserError, config_to_dict, main
+from data.dataset import load_task
+from evaluate import greedy_accuracy
+from losses import nll_loss, sequence_logprobs
+from model import GPT, ModelConfig, load_model, num_params
+from sequences import collate, encode_pair
+from tokenizer import load_tokenizer
+
+REPO = Path(__file__).resolve().parent
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "synth"          # "synth": the built-in generated task; "gsm8k": train/test jsonl in data_dir
+    data_dir: str = ""              # directory holding train.jsonl and test.jsonl (gsm8k)
+    n_train: int = 30000            # generated training problems (synth)
+    data_seed: int = 0              # seed of the generated task (the same task for every training seed)
+    tokenizer: str = "data/tokenizer.tiktoken"  # BPE rank file
+    # model (a fresh one; ignored with init_from)
+    init_from: str = ""             # "" = train a fresh model; else a model or run directory to fine-tune
+    n_layer: int = 4                # transformer blocks
+    n_head: int = 4                 # attention heads
+    n_embd: int = 128               # width
+    block_size: int = 384           # longest prompt + COT in tokens
+    # optimisation
+    batch_size: int = 32            # (question, COT) pairs per step
+    max_steps: int = 800            # optimiser steps (~4 minutes on a 2-core CPU)
+    learning_rate: float = 3e-3     # peak AdamW learning rate
+    min_lr: float = 3e-4            # cosine schedule floor
+    warmup_steps: int = 100         # linear warm-up steps
+    weight_decay: float = 0.1       # AdamW decay on matrices and embeddings (not norms or biases)
+    grad_clip: float = 1.0          # max global gradient norm (0 = off)
+    # bookkeeping
+    out_dir: str = "out/vft"        # run directory: checkpoint/, history.json
+    log_every: int = 50             # steps between progress lines
+    eval_every: int = 400           # steps between validation-loss evaluations (0 = only at the end)
+    eval_examples: int = 256        # validation pairs for the eval loss
+    save_every: int = 400           # steps between checkpoints (the last step is always saved)
+    test_questions: int = 1000      # greedy test accuracy on this many questions at the end (0 = skip)
+    max_new_tokens: int = 160       # generation budget for the final accuracy
+    resume: bool = False            # continue the run in out_dir from its checkpoint
+    overwrite: bool = False         # allow replacing an existing checkpoint in out_dir with a new run
+    stop_after: int = 0             # end this invocation after this step (0 = run to max_steps); --resume continues
+    seed: int = 1337                # initialisation and data-order seed
+    device: str = "auto"            # "auto", "cpu", "cuda", ...
+
+
+def resolve(path):
+    """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else REPO / path
+
+
+def run_task(model_dir, dataset="synth", data_dir=""):
+    """The task a train_sft.py checkpoint was trained on (its saved config says which), so that candidates
+    and evaluations use the same training and test questions. A directory without a training config (a
+    Hugging Face model, say) falls back to the given dataset and data_dir."""
+    saved = {}
+    trainer = Path(model_dir) / "trainer.json"
+    if trainer.is_file():
+        saved = json.loads(trainer.read_text()).get("config", {})
+    defaults = Config()
+    return load_task(saved.get("dataset", dataset), data_dir=saved.get("data_dir", data_dir) or None,
+                     seed=saved.get("data_seed", defaults.data_seed), n_train=saved.get("n_train", defaults.n_train))
+
+
+def pick_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def batch_indices(step, batch_size, n, seed):
+    """The examples of one step: consecutive slices of a fresh permutation per epoch, a pure function of the
+    step, so a resumed run sees exactly the data an uninterrupted one would."""
+    indices = []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch = i // n
+        if not indices or i % n == 0:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(perm[i % n].item())
+    return indices
+
+
+def learning_rate(step, cfg):
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=device.startswith("cuda"))
+
+
+def pair_loss(model, pairs, pad_id, device):
+    """L_VFT of a batch: the mean over pairs of -s(c), s = mean log-prob of the COT's tokens [paper]."""
+    idx, targets, mask = collate(pairs, pad_id, device)
+    logits, _ = model(idx)  # (B, T, V)
+    total, count = sequence_logprobs(logits, targets, mask)  # (B,), (B,)
+    scores = total / count  # (B,) s(c)
+    return nll_loss(scores, torch.ones_like(scores, dtype=torch.bool)), int(count.sum())
+
+
+@torch.no_grad()
+def eval_loss(model, pairs, pad_id, device, batch_size):
+    model.eval()
+    losses = [pair_loss(model, pairs[i:i + batch_size], pad_id, device)[0].item()
+              for i in range(0, len(pairs), batch_size)]
+    model.train()
+    return sum(losses) / max(1, len(losses))
+
+
+def format_seconds(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def prepare_run(cfg, device, vocab_size):
+    """Validate everything and build (model, state) before anything is written to out_dir. A fresh model's
+    vocabulary is the tokenizer's (its ranks plus end-of-text)."""
+    out = Path(cfg.out_dir)
+    has_checkpoint = any((out / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
+    if cfg.resume:
+        if not has_checkpoint:
+            raise UserError(f"--resume: no checkpoint to resume in {out}")
+        model, state = load_checkpoint(out, device)
+        if state.get("kind") != "sft":
+            raise UserError(f"--resume: {find_checkpoint(out)} was not written by train_sft.py")
+        saved = state["config"]
+        for key in ("max_steps", "batch_size", "seed", "dataset", "n_train", "data_seed", "learning_rate"):
+            if saved[key] != getattr(cfg, key):
+                raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {saved[key]}")
+        return model, state
+    if has_checkpoint and not cfg.overwrite:
+        raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                        f"replace it, or choose another --out_dir")
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        model = load_model(find_checkpoint(cfg.init_from), device)
+    else:
+        model = GPT(ModelConfig(vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                                block_size=cfg.block_size)).to(device)
+    return model, {"step": 0, "history": {"train": [], "eval": []}}
+
+
+def train(cfg):
+    """Run VFT with `cfg`; returns the history dict (train / eval records and the final test metrics)."""
+    device = pick_device(cfg.device)
+    tokenizer_path = resolve(cfg.tokenizer)
+    enc = load_tokenizer(str(tokenizer_path))
+    task = load_task(cfg.dataset, data_dir=cfg.data_dir or None, seed=cfg.data_seed, n_train=cfg.n_train)
+    train_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["train"]]
+    val_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["val"][:cfg.eval_examples]]
+    longest = max(len(p) + len(c) for p, c in train_pairs)
+
+    model, state = prepare_run(cfg, device, vocab_size=enc.n_vocab)
+    if model.config.vocab_size < enc.n_vocab:
+        raise UserError(f"{tokenizer_path}: the tokenizer has {enc.n_vocab} tokens but the model only "
+                        f"{model.config.vocab_size}")
+    if longest > model.config.block_size:
+        raise UserError(f"the longest training pair has {longest} tokens > block_size {model.config.block_size}")
+    optimizer = make_optimizer(model, cfg, device)
+    if cfg.resume:
+        restore_optimizer(optimizer, cfg.out_dir)
+        restore_rng(state["rng"])
+    history = state["history"]
+    print(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
+          f"steps {state['step']}..{cfg.max_steps}")
+
+    def save(step):
+        save_checkpoint(cfg.out_dir, model, optimizer,
+                        {"kind": "sft", "step": step, "config": config_to_dict(cfg), "history": history},
+                        tokenizer_path=tokenizer_path)
+
+    model.train()
+    start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
+    t0, tokens_seen = time.time(), 0
+    for step in range(start_step, last):
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pairs = [train_pairs[i] for i in batch_indices(step, cfg.batch_size, len(train_pairs), cfg.seed)]
+        loss, n_tokens = pair_loss(model, pairs, enc.eot_token, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        tokens_seen += n_tokens
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == last:
+            elapsed = time.time() - t0
+            eta = elapsed / (done - start_step) * (last - done)
+            history["train"].append({"step": done, "loss": loss.item(), "lr": lr})
+            print(f"step {done:5d}/{cfg.max_steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
+                  f"{tokens_seen / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
+                  f"eta {format_seconds(eta)}", flush=True)
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
+            val = eval_loss(model, val_pairs, enc.eot_token, device, cfg.batch_size)
+            history["eval"].append({"step": done, "val_loss": val})
+            print(f"step {done:5d} | val loss {val:.4f}", flush=True)
+        if done % cfg.save_every == 0 or done == last:
+            save(done)
+
+    if last == cfg.max_steps and cfg.test_questions > 0:
+        model.eval()
+        test = task["test"][:cfg.test_questions]
+        metrics = greedy_accuracy(model, enc, test, max_new_tokens=cfg.max_new_tokens)
+        history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
+        print(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
+              f"degeneration {metrics['degeneration']:.3f}", flush=True)
+        save(last)
+    return history
+
+
+if __name__ == "__main__":
+    main(train, Config)
