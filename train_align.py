@@ -1,0 +1,293 @@
+"""
+Step 3 of AFT: continue training the VFT model on its own candidate groups with a constraint alignment loss.
+
+    python train_align.py --loss=aft_rank                # builds out/vft and its candidates first if missing
+    python train_align.py --loss=aft --constraint=dc
+    python train_align.py --loss=dpo --constraint=bc --beta_dpo=0.1
+
+Every step takes `batch_size` questions with their candidates (gold chain + unique samples), scores all of
+them in one batched forward (s = mean log-prob of the chain, S = its sum) and minimises
+    L = L_NLL + lambda * L_CA                        (aft, aft_rank) [paper]
+    L = L_NLL on gold + positives                     (rft) [paper]
+    L = RRHF / PRO (each with its own L_NLL(best))    (rrhf, pro) [paper]
+    L = DPO against the frozen VFT scores             (dpo) [paper]
+    L = L_NLL on the gold chain only                  (vft: the "more training" control) [ours]
+where the preference losses take --constraint = none | dc | bc (losses.py, PAPER.md sections 4-6).
+It ends by printing the metrics of the VFT model and the aligned model side by side.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import candidates as cands
+import train_sft
+from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
+from configurator import UserError, config_to_dict, main
+from evaluate import Config as EvalConfig
+from evaluate import evaluate_model, format_table, group_assessment
+from losses import (alignment_loss, dpo_loss, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
+                    sequence_logprobs)
+from model import load_model
+from sequences import collate, encode_pair
+from tokenizer import load_tokenizer
+from train_sft import run_task
+
+LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
+DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc", "dpo": "none", "rrhf": "none", "pro": "none"}
+
+
+@dataclass
+class Config:
+    loss: str = "aft_rank"          # vft | rft | aft | aft_rank | dpo | rrhf | pro
+    constraint: str = ""            # none | dc | bc; "" = the loss's default (aft, aft_rank: bc; dpo, rrhf, pro: none)
+    beta: float = 0.5               # boundary margin of bc, in nats of mean log-prob [ours]
+    beta_dpo: float = 0.1           # DPO's inverse temperature
+    lam: float = 1.0                # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
+    nll_on: str = "positives"       # L_NLL on "positives" (gold + correct samples) or "gold" only [ours]
+    # prerequisites (built when missing)
+    vft: str = "out/vft"            # VFT run directory
+    candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl
+    n_questions: int = 2000         # training questions to sample candidates for
+    k: int = 8                      # samples per question
+    temperature: float = 0.8        # sampling temperature for candidates
+    # optimisation
+    batch_size: int = 8             # questions (groups) per step
+    max_steps: int = 500            # optimiser steps
+    learning_rate: float = 1e-4     # peak AdamW learning rate
+    min_lr: float = 1e-5            # cosine floor
+    warmup_steps: int = 20          # linear warm-up
+    weight_decay: float = 0.0       # AdamW decay on matrices
+    grad_clip: float = 1.0          # max gradient norm (0 = off)
+    max_candidates: int = 9         # candidates per group at most (gold first, then samples)
+    # bookkeeping
+    out_dir: str = ""               # "" = out/align-<loss>-<constraint>
+    log_every: int = 25             # steps between progress lines
+    save_every: int = 250           # steps between checkpoints
+    test_questions: int = 1000      # greedy accuracy / gold PPL questions at the end (0 = skip evaluation)
+    k_questions: int = 200          # questions for maj@k, rerank@k and test A-Acc at the end
+    max_new_tokens: int = 160       # generation budget in the evaluation
+    resume: bool = False            # continue the run in out_dir
+    overwrite: bool = False         # replace an existing checkpoint in out_dir
+    stop_after: int = 0             # end this invocation after this step; --resume continues
+    seed: int = 1337                # data-order seed
+    device: str = "auto"            # "auto", "cpu", "cuda"
+
+
+def check_config(cfg):
+    if cfg.loss not in LOSSES:
+        raise UserError(f"--loss={cfg.loss}: choose one of {', '.join(LOSSES)}")
+    if cfg.constraint == "":
+        cfg.constraint = DEFAULT_CONSTRAINT.get(cfg.loss, "none")
+    if cfg.constraint not in ("none", "dc", "bc"):
+        raise UserError(f"--constraint={cfg.constraint}: choose one of none, dc, bc")
+    if cfg.loss in ("vft", "rft") and cfg.constraint != "none":
+        raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
+    if cfg.nll_on not in ("positives", "gold"):
+        raise UserError(f"--nll_on={cfg.nll_on}: choose positives or gold")
+    if cfg.beta <= 0:
+        raise UserError(f"--beta must be > 0, got {cfg.beta}")
+    if not cfg.out_dir:
+        cfg.out_dir = f"out/align-{cfg.loss}" + ("" if cfg.loss in ("vft", "rft") else f"-{cfg.constraint}")
+    return cfg
+
+
+def ensure_prerequisites(cfg):
+    """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
+    vft_dir = Path(cfg.vft)
+    if not any((vft_dir / d / "model.safetensors").is_file() for d in ("checkpoint", "checkpoint.old")) \
+            and not (vft_dir / "model.safetensors").is_file():
+        print(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
+              f"--out_dir={vft_dir})", flush=True)
+        train_sft.train(train_sft.Config(out_dir=str(vft_dir)))
+    path = Path(cfg.candidates) if cfg.candidates else vft_dir / "candidates.jsonl"
+    if not path.is_file():
+        print(f"prerequisite: no candidates at {path}; sampling them (python candidates.py --ckpt={vft_dir})",
+              flush=True)
+        cands.build(cands.Config(ckpt=str(vft_dir), out=str(path), n_questions=cfg.n_questions, k=cfg.k,
+                                 temperature=cfg.temperature))
+    groups, header = cands.load_groups(path, vft_dir)
+    print(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
+    return groups, header
+
+
+def group_batch(groups, enc, max_candidates, device):
+    """Tensors for one step: the candidates of B groups flattened to rows, plus per-(B, K) labels.
+    Returns (idx, targets, mask) over B*K rows (padding rows are 1-token dummies), and a dict of (B, K)
+    tensors: valid, correct, grades, gold, reference S."""
+    B, K = len(groups), max_candidates
+    pairs, info = [], {name: torch.zeros(B, K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
+    for b, group in enumerate(groups):
+        prompt = encode_pair(enc, group["question"], "")[0]
+        members = group["candidates"][:K]
+        for j in range(K):
+            if j < len(members):
+                c = members[j]
+                pairs.append((prompt, c["ids"]))
+                info["valid"][b, j] = 1
+                info["correct"][b, j] = float(c["correct"])
+                info["grades"][b, j] = c["grade"]
+                info["gold"][b, j] = float(c["gold"])
+                info["ref_logps"][b, j] = c["sum_logp"]
+            else:
+                pairs.append((prompt, [enc.eot_token]))  # a placeholder row, masked out by valid
+    idx, targets, mask = collate(pairs, enc.eot_token, device)
+    info = {k: v.to(device) for k, v in info.items()}
+    for name in ("valid", "correct", "gold"):
+        info[name] = info[name].bool()
+    return (idx, targets, mask), info
+
+
+def alignment_objective(cfg, scores, logps, info):
+    """The training loss of cfg.loss and its parts (for logging). scores s and logps S are (B, K)."""
+    valid, correct, grades, gold = info["valid"], info["correct"], info["grades"], info["gold"]
+    nll_mask = valid & (gold if cfg.nll_on == "gold" else (gold | correct))
+    parts = {}
+    if cfg.loss == "vft":
+        parts["nll"] = nll_loss(scores, valid & gold)
+    elif cfg.loss == "rft":
+        parts["nll"] = nll_loss(scores, valid & (gold | correct))
+    elif cfg.loss in ("aft", "aft_rank"):
+        parts["nll"] = nll_loss(scores, nll_mask)
+        if cfg.loss == "aft":
+            ca = alignment_loss(scores, correct.float(), valid, cfg.constraint, cfg.beta)
+        else:
+            ca = ranking_alignment_loss(scores, grades, valid, cfg.constraint, cfg.beta)
+        parts["ca"] = cfg.lam * ca
+    elif cfg.loss == "rrhf":
+        parts["rrhf"] = rrhf_loss(scores, grades, valid, cfg.constraint, cfg.beta)
+    elif cfg.loss == "pro":
+        parts["pro"] = pro_loss(scores, grades, valid, cfg.constraint, cfg.beta)
+    elif cfg.loss == "dpo":
+        parts["dpo"] = dpo_loss(logps, info["ref_logps"], grades, valid, cfg.beta_dpo, cfg.constraint,
+                                scores=scores, beta=cfg.beta)
+    return sum(parts.values()), parts
+
+
+def score_stats(scores, info):
+    """Mean s of positives and negatives, and the mean pairwise margin s_p - s_n within groups."""
+    valid, correct = info["valid"], info["correct"]
+    pos, neg = valid & correct, valid & ~correct
+    s = scores.detach()
+    pairs = pos[:, :, None] & neg[:, None, :]  # (B, K, K)
+    margin = (s[:, :, None] - s[:, None, :])[pairs]
+    mean = lambda x: float(x.mean()) if x.numel() else float("nan")  # noqa: E731
+    return {"s_pos": mean(s[pos]), "s_neg": mean(s[neg]), "margin": mean(margin)}
+
+
+def prepare(cfg, device, vft_dir):
+    out = Path(cfg.out_dir)
+    has_checkpoint = any((out / d / "model.safetensors").is_file() for d in ("checkpoint", "checkpoint.old"))
+    if cfg.resume:
+        if not has_checkpoint:
+            raise UserError(f"--resume: no checkpoint to resume in {out}")
+        model, state = load_checkpoint(out, device)
+        if state.get("kind") != "align":
+            raise UserError(f"--resume: {find_checkpoint(out)} was not written by train_align.py")
+        for key in ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta"):
+            if state["config"][key] != getattr(cfg, key):
+                raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {state['config'][key]}")
+        return model, state
+    if has_checkpoint and not cfg.overwrite:
+        raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                        f"replace it, or choose another --out_dir")
+    return load_model(vft_dir, device), {"step": 0, "history": {"train": []}}
+
+
+def evaluation_config(cfg):
+    return EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens)
+
+
+def all_metrics(model, enc, test, train_groups, cfg):
+    """Test metrics plus A-Acc on the (already seen) training groups."""
+    metrics = evaluate_model(model, enc, test, evaluation_config(cfg))
+    metrics.update(group_assessment(model, enc, train_groups))
+    return metrics
+
+
+def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
+    """Metrics of the VFT model, cached next to it (keyed by its weights and the evaluation settings)."""
+    cache = Path(cfg.vft) / "eval_vft.json"
+    key = {"model": model_fp, "n": cfg.test_questions, "k_questions": cfg.k_questions, "groups": len(train_groups),
+           "max_new_tokens": cfg.max_new_tokens}
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["metrics"]
+    metrics = all_metrics(load_model(vft_dir, device), enc, test, train_groups, cfg)
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    return metrics
+
+
+def train(cfg):
+    """Align the VFT model with cfg.loss; returns the history (train records and final metrics)."""
+    cfg = check_config(cfg)
+    device = train_sft.pick_device(cfg.device)
+    groups, header = ensure_prerequisites(cfg)
+    vft_dir = find_checkpoint(cfg.vft)
+    tokenizer_path = vft_dir / "tokenizer.tiktoken"
+    enc = load_tokenizer(str(tokenizer_path))
+    model, state = prepare(cfg, device, vft_dir)
+    optimizer = train_sft.make_optimizer(model, cfg, device)
+    if cfg.resume:
+        restore_optimizer(optimizer, cfg.out_dir)
+        restore_rng(state["rng"])
+    history = state["history"]
+    print(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
+          f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
+
+    def save(step):
+        save_checkpoint(cfg.out_dir, model, optimizer,
+                        {"kind": "align", "step": step, "config": config_to_dict(cfg), "history": history,
+                         "candidates_fingerprint": header["fingerprint"]}, tokenizer_path=tokenizer_path)
+
+    model.train()
+    start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
+    t0 = time.time()
+    for step in range(start_step, last):
+        lr = train_sft.learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
+        (idx, targets, mask), info = group_batch(batch, enc, cfg.max_candidates, device)
+        logits, _ = model(idx)  # (B*K, T, V)
+        total, count = sequence_logprobs(logits, targets, mask)  # (B*K,)
+        logps = total.view(len(batch), cfg.max_candidates)  # (B, K) S
+        scores = logps / count.view_as(logps).clamp(min=1)  # (B, K) s
+        loss, parts = alignment_objective(cfg, scores, logps, info)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == last:
+            elapsed = time.time() - t0
+            eta = elapsed / (done - start_step) * (last - done)
+            record = {"step": done, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
+                      **score_stats(scores, info), "lr": lr}
+            history["train"].append(record)
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
+            print(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
+                  f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
+        if done % cfg.save_every == 0 or done == last:
+            save(done)
+
+    if last == cfg.max_steps and cfg.test_questions > 0:
+        model.eval()
+        task = run_task(vft_dir)
+        test, train_groups = task["test"], groups[:cfg.k_questions]
+        aligned = all_metrics(model, enc, test, train_groups, cfg)
+        before = vft_metrics(vft_dir, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
+        history["metrics"] = {"vft": before, "aligned": aligned}
+        print(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
+        save(last)
+    return history
+
+
+if __name__ == "__main__":
+    main(train, Config)
