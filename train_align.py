@@ -56,7 +56,7 @@ class Config:
     temperature: float = 0.8        # sampling temperature for candidates
     # optimisation
     batch_size: int = 8             # questions (groups) per step
-    max_steps: int = 500            # optimiser steps
+    max_steps: int = 300            # optimiser steps
     learning_rate: float = 1e-4     # peak AdamW learning rate
     min_lr: float = 1e-5            # cosine floor
     warmup_steps: int = 20          # linear warm-up
@@ -66,7 +66,7 @@ class Config:
     # bookkeeping
     out_dir: str = ""               # "" = out/align-<loss>-<constraint>
     log_every: int = 25             # steps between progress lines
-    save_every: int = 250           # steps between checkpoints
+    save_every: int = 150           # steps between checkpoints
     test_questions: int = 1000      # greedy accuracy / gold PPL questions at the end (0 = skip evaluation)
     k_questions: int = 200          # questions for maj@k, rerank@k and test A-Acc at the end
     max_new_tokens: int = 160       # generation budget in the evaluation
