@@ -22,12 +22,12 @@ import torch
 from checkpoint import find_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.answers import grade, is_correct
+from data.dataset import run_task
 from evaluate import complete
 from model import load_model
 from sequences import encode_pair, score_pairs
 from tokenizer import fingerprint as tokenizer_fingerprint
 from tokenizer import load_tokenizer
-from train_sft import run_task
 
 
 @dataclass

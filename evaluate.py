@@ -21,8 +21,8 @@ import torch
 
 from checkpoint import find_checkpoint
 from configurator import main
-from data.answers import extract_answer, is_degenerate
-from data.dataset import load_task
+from data.answers import extract_answer, is_correct, is_degenerate
+from data.dataset import run_task
 from model import load_model
 from sample import generate
 from sequences import encode_pair, score_pairs
@@ -32,9 +32,8 @@ from tokenizer import load_tokenizer
 @dataclass
 class Config:
     ckpt: str = "out/vft"           # model or run directory (its tokenizer.tiktoken is used)
-    dataset: str = "synth"          # "synth" or "gsm8k"
-    data_dir: str = ""              # gsm8k jsonl directory
-    data_seed: int = 0              # seed of the generated task (must match training's)
+    dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
+    data_dir: str = ""              # gsm8k jsonl directory, likewise
     split: str = "test"             # "test" or "val"
     n_questions: int = 1000         # questions for greedy accuracy and gold PPL
     k: int = 8                      # samples per question for maj@k, rerank@k and test A-Acc
@@ -71,15 +70,10 @@ def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0
 def greedy_accuracy(model, enc, examples, max_new_tokens=160, batch_size=128):
     """T-Acc and degeneration rate of greedy decoding on `examples` (dicts with question, answer)."""
     texts, _ = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, batch_size=batch_size)
-    correct = [is_answer_right(text, ex["answer"]) for text, ex in zip(texts, examples)]
+    correct = [is_correct(text, ex["answer"]) for text, ex in zip(texts, examples)]
     return {"accuracy": sum(correct) / len(examples),
             "degeneration": sum(map(is_degenerate, texts)) / len(examples),
             "n": len(examples), "outputs": texts}
-
-
-def is_answer_right(text, gold_answer):
-    predicted = extract_answer(text)
-    return predicted is not None and predicted == extract_answer(gold_answer)
 
 
 def assessment_accuracy(scores, labels, valid):
@@ -127,22 +121,30 @@ def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_
 
 
 @torch.no_grad()
-def group_assessment(model, enc, groups, batch_size=128):
-    """A-Acc of `model` on stored candidate groups (candidates.py): over the sampled chains only, and with
-    the gold chain counted as one more positive."""
+def group_scores(model, enc, groups, batch_size=128):
+    """s(c) of every candidate of stored groups (candidates.py) under `model`, as (B, K) tensors:
+    scores, correct, gold, valid (padding False)."""
     K = max(len(g["candidates"]) for g in groups)
-    pairs, shape = [], (len(groups), K)
-    correct, gold, valid = torch.zeros(shape), torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+    shape = (len(groups), K)
+    correct, gold, valid = (torch.zeros(shape, dtype=torch.bool) for _ in range(3))
+    pairs = []
     for b, group in enumerate(groups):
         prompt = encode_pair(enc, group["question"], "")[0]
         for j, c in enumerate(group["candidates"]):
             pairs.append((prompt, c["ids"]))
-            correct[b, j], gold[b, j], valid[b, j] = float(c["correct"]), c["gold"], True
+            correct[b, j], gold[b, j], valid[b, j] = c["correct"], c["gold"], True
     total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
     scores = torch.zeros(shape)
-    scores[valid] = (total / count.clamp(min=1)).cpu()
-    samples_only, _ = assessment_accuracy(scores, correct, valid & ~gold)
-    with_gold, _ = assessment_accuracy(scores, correct, valid)
+    scores[valid] = (total / count.clamp(min=1)).cpu()  # row-major order, the order pairs were listed in
+    return scores, correct, gold, valid
+
+
+def group_assessment(model, enc, groups, batch_size=128):
+    """A-Acc of `model` on stored candidate groups: over the sampled chains only, and with the gold chain
+    counted as one more positive."""
+    scores, correct, gold, valid = group_scores(model, enc, groups, batch_size)
+    samples_only, _ = assessment_accuracy(scores, correct.float(), valid & ~gold)
+    with_gold, _ = assessment_accuracy(scores, correct.float(), valid)
     return {"a_acc_train": samples_only, "a_acc_train_gold": with_gold}
 
 
@@ -183,7 +185,7 @@ def run(cfg):
     directory = find_checkpoint(cfg.ckpt)
     enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
     model = load_model(directory, device)
-    task = load_task(cfg.dataset, data_dir=cfg.data_dir or None, seed=cfg.data_seed)
+    task = run_task(directory, cfg.dataset, cfg.data_dir)
     metrics = evaluate_model(model, enc, task[cfg.split], cfg)
     print(format_table({str(directory): metrics}))
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"

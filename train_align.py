@@ -27,6 +27,7 @@ import candidates as cands
 import train_sft
 from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
 from configurator import UserError, config_to_dict, main
+from data.dataset import run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
 from losses import (alignment_loss, dpo_loss, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
@@ -34,7 +35,6 @@ from losses import (alignment_loss, dpo_loss, nll_loss, pro_loss, ranking_alignm
 from model import load_model
 from sequences import collate, encode_pair
 from tokenizer import load_tokenizer
-from train_sft import run_task
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
 DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc", "dpo": "none", "rrhf": "none", "pro": "none"}

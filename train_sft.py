@@ -22,7 +22,7 @@ import torch
 
 from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
 from configurator import UserError, config_to_dict, main
-from data.dataset import load_task
+from data.dataset import task_from_config
 from evaluate import greedy_accuracy
 from losses import nll_loss, sequence_logprobs
 from model import GPT, ModelConfig, load_model, num_params
@@ -39,6 +39,10 @@ class Config:
     data_dir: str = ""              # directory holding train.jsonl and test.jsonl (gsm8k)
     n_train: int = 30000            # generated training problems (synth)
     data_seed: int = 0              # seed of the generated task (the same task for every training seed)
+    min_chain_steps: int = 2        # difficulty (synth): fewest reasoning steps per problem
+    max_chain_steps: int = 4        # difficulty (synth): most reasoning steps per problem
+    max_factor: int = 12            # difficulty (synth): largest multiplier, divisor, price or count
+    max_number: int = 40            # difficulty (synth): largest amount that is only added or subtracted
     tokenizer: str = "data/tokenizer.tiktoken"  # BPE rank file
     # model (a fresh one; ignored with init_from)
     init_from: str = ""             # "" = train a fresh model; else a model or run directory to fine-tune
@@ -73,19 +77,6 @@ def resolve(path):
     """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
     path = Path(path)
     return path if path.is_absolute() or path.exists() else REPO / path
-
-
-def run_task(model_dir, dataset="synth", data_dir=""):
-    """The task a train_sft.py checkpoint was trained on (its saved config says which), so that candidates
-    and evaluations use the same training and test questions. A directory without a training config (a
-    Hugging Face model, say) falls back to the given dataset and data_dir."""
-    saved = {}
-    trainer = Path(model_dir) / "trainer.json"
-    if trainer.is_file():
-        saved = json.loads(trainer.read_text()).get("config", {})
-    defaults = Config()
-    return load_task(saved.get("dataset", dataset), data_dir=saved.get("data_dir", data_dir) or None,
-                     seed=saved.get("data_seed", defaults.data_seed), n_train=saved.get("n_train", defaults.n_train))
 
 
 def pick_device(name):
@@ -156,7 +147,8 @@ def prepare_run(cfg, device, vocab_size):
         if state.get("kind") != "sft":
             raise UserError(f"--resume: {find_checkpoint(out)} was not written by train_sft.py")
         saved = state["config"]
-        for key in ("max_steps", "batch_size", "seed", "dataset", "n_train", "data_seed", "learning_rate"):
+        for key in ("max_steps", "batch_size", "seed", "learning_rate", "dataset", "data_dir", "n_train", "data_seed",
+                    "min_chain_steps", "max_chain_steps", "max_factor", "max_number"):
             if saved[key] != getattr(cfg, key):
                 raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {saved[key]}")
         return model, state
@@ -177,7 +169,7 @@ def train(cfg):
     device = pick_device(cfg.device)
     tokenizer_path = resolve(cfg.tokenizer)
     enc = load_tokenizer(str(tokenizer_path))
-    task = load_task(cfg.dataset, data_dir=cfg.data_dir or None, seed=cfg.data_seed, n_train=cfg.n_train)
+    task = task_from_config(config_to_dict(cfg))
     train_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["train"]]
     val_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["val"][:cfg.eval_examples]]
     longest = max(len(p) + len(c) for p, c in train_pairs)

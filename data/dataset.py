@@ -106,3 +106,28 @@ def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=500, n
         fit = train[:len(train) - n_val]
         return {"train": fit[:n_train], "val": train[len(train) - n_val:], "test": test[:n_test]}
     raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(TASKS)}")
+
+
+def task_from_config(config):
+    """The splits a training config describes. `config` is a dict (a saved run's config works too) with the
+    keys dataset, data_dir, data_seed, n_train and, for synth, min_chain_steps, max_chain_steps, max_factor
+    and max_number; missing keys take the defaults."""
+    d = synth.Difficulty()
+    try:
+        difficulty = synth.Difficulty(min_steps=config.get("min_chain_steps", d.min_steps),
+                                      max_steps=config.get("max_chain_steps", d.max_steps),
+                                      max_factor=config.get("max_factor", d.max_factor),
+                                      max_number=config.get("max_number", d.max_number))
+    except ValueError as e:
+        raise UserError(f"difficulty: {e}") from None
+    return load_task(config.get("dataset", "synth"), data_dir=config.get("data_dir") or None,
+                     seed=config.get("data_seed", 0), n_train=config.get("n_train"), difficulty=difficulty)
+
+
+def run_task(model_dir, dataset="synth", data_dir=""):
+    """The task the checkpoint in `model_dir` was trained on (its trainer.json config says which), so that
+    candidates and evaluations use the same training and test questions. A directory without a training
+    config (a Hugging Face model, say) falls back to the given dataset and data_dir."""
+    trainer = Path(model_dir) / "trainer.json"
+    saved = json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
+    return task_from_config(saved or {"dataset": dataset, "data_dir": data_dir})
