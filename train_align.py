@@ -69,6 +69,7 @@ class Config:
     save_every: int = 150           # steps between checkpoints
     test_questions: int = 1000      # greedy accuracy / gold PPL questions at the end (0 = skip evaluation)
     k_questions: int = 200          # questions for maj@k, rerank@k and test A-Acc at the end
+    eval_split: str = "test"        # split for the final metrics: "test", or "val" while tuning
     max_new_tokens: int = 160       # generation budget in the evaluation
     resume: bool = False            # continue the run in out_dir
     overwrite: bool = False         # replace an existing checkpoint in out_dir
@@ -88,6 +89,8 @@ def check_config(cfg):
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
     if cfg.nll_on not in ("positives", "gold"):
         raise UserError(f"--nll_on={cfg.nll_on}: choose positives or gold")
+    if cfg.eval_split not in ("test", "val"):
+        raise UserError(f"--eval_split={cfg.eval_split}: choose test or val")
     if cfg.beta <= 0:
         raise UserError(f"--beta must be > 0, got {cfg.beta}")
     if not cfg.out_dir:
@@ -115,30 +118,32 @@ def ensure_prerequisites(cfg):
 
 
 def group_batch(groups, enc, max_candidates, device):
-    """Tensors for one step: the candidates of B groups flattened to rows, plus per-(B, K) labels.
-    Returns (idx, targets, mask) over B*K rows (padding rows are 1-token dummies), and a dict of (B, K)
-    tensors: valid, correct, grades, gold, reference S."""
+    """Tensors for one step over B groups of at most K candidates. Only real candidates become rows (no
+    padding rows are computed); `info["valid"]` (B, K) says where each row's score goes.
+    Returns (idx, targets, mask) over the rows, and a dict of (B, K) tensors: valid, correct, grades, gold,
+    reference S."""
     B, K = len(groups), max_candidates
     pairs, info = [], {name: torch.zeros(B, K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
     for b, group in enumerate(groups):
         prompt = encode_pair(enc, group["question"], "")[0]
-        members = group["candidates"][:K]
-        for j in range(K):
-            if j < len(members):
-                c = members[j]
-                pairs.append((prompt, c["ids"]))
-                info["valid"][b, j] = 1
-                info["correct"][b, j] = float(c["correct"])
-                info["grades"][b, j] = c["grade"]
-                info["gold"][b, j] = float(c["gold"])
-                info["ref_logps"][b, j] = c["sum_logp"]
-            else:
-                pairs.append((prompt, [enc.eot_token]))  # a placeholder row, masked out by valid
+        for j, c in enumerate(group["candidates"][:K]):
+            pairs.append((prompt, c["ids"]))
+            info["valid"][b, j] = 1
+            info["correct"][b, j] = float(c["correct"])
+            info["grades"][b, j] = c["grade"]
+            info["gold"][b, j] = float(c["gold"])
+            info["ref_logps"][b, j] = c["sum_logp"]
     idx, targets, mask = collate(pairs, enc.eot_token, device)
     info = {k: v.to(device) for k, v in info.items()}
     for name in ("valid", "correct", "gold"):
         info[name] = info[name].bool()
     return (idx, targets, mask), info
+
+
+def to_groups(values, valid):
+    """Row values (N,) -> (B, K) with zeros where valid is False, keeping the graph (rows are in row-major
+    order of valid, as group_batch lists them)."""
+    return torch.zeros(valid.shape, dtype=values.dtype, device=values.device).masked_scatter(valid, values)
 
 
 def alignment_objective(cfg, scores, logps, info):
@@ -211,7 +216,7 @@ def all_metrics(model, enc, test, train_groups, cfg):
 def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
     """Metrics of the VFT model, cached next to it (keyed by its weights and the evaluation settings)."""
     cache = Path(cfg.vft) / "eval_vft.json"
-    key = {"model": model_fp, "n": cfg.test_questions, "k_questions": cfg.k_questions, "groups": len(train_groups),
+    key = {"model": model_fp, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions, "groups": len(train_groups),
            "max_new_tokens": cfg.max_new_tokens}
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -253,10 +258,10 @@ def train(cfg):
             group["lr"] = lr
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
         (idx, targets, mask), info = group_batch(batch, enc, cfg.max_candidates, device)
-        logits, _ = model(idx)  # (B*K, T, V)
-        total, count = sequence_logprobs(logits, targets, mask)  # (B*K,)
-        logps = total.view(len(batch), cfg.max_candidates)  # (B, K) S
-        scores = logps / count.view_as(logps).clamp(min=1)  # (B, K) s
+        logits, _ = model(idx)  # (N, T, V), N real candidates
+        total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,)
+        logps = to_groups(total, info["valid"])  # (B, K) S
+        scores = to_groups(total / count, info["valid"])  # (B, K) s
         loss, parts = alignment_objective(cfg, scores, logps, info)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -280,7 +285,7 @@ def train(cfg):
     if last == cfg.max_steps and cfg.test_questions > 0:
         model.eval()
         task = run_task(vft_dir)
-        test, train_groups = task["test"], groups[:cfg.k_questions]
+        test, train_groups = task[cfg.eval_split], groups[:cfg.k_questions]
         aligned = all_metrics(model, enc, test, train_groups, cfg)
         before = vft_metrics(vft_dir, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
         history["metrics"] = {"vft": before, "aligned": aligned}

@@ -1,0 +1,380 @@
+"""
+Hugging Face model directories in and out: config.json + model.safetensors (or shards listed in
+model.safetensors.index.json), for GPT-2 and the LLaMA family (Llama, Qwen2, SmolLM).
+
+    model = from_pretrained("path/to/SmolLM2-135M")            # a directory downloaded from the Hub
+    save_pretrained(model, "out/aft-hf", source="path/to/SmolLM2-135M")  # opens in transformers unchanged
+    model, enc = load_model_and_tokenizer(path)                 # nanoAFT checkpoint or Hugging Face directory
+
+How the names and layouts differ from ours (model.py):
+- LLaMA family: model.embed_tokens / model.layers.{i}.{input_layernorm, self_attn.*, post_attention_layernorm,
+  mlp.*} / model.norm / lm_head. The rotary layout is already ours (half split), so no weight is permuted.
+  Qwen2 is LLaMA with q/k/v biases; SmolLM is LLaMA with grouped-query attention and a tied head.
+- GPT-2: transformer.{wte, wpe, h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_f}.
+  Its linear layers are "Conv1D" modules that store weights as (in, out), the transpose of nn.Linear, and
+  q, k and v are one fused c_attn matrix. Older files lack the "transformer." prefix and carry the causal-mask
+  buffers attn.bias / attn.masked_bias, which are not weights.
+- A tied head is absent from the file, and is not written.
+
+Options our model does not implement (rope scaling, sliding windows, other activations, ...) are refused with a
+message naming them, instead of loading a model that silently computes something else.
+
+Export a trained model:  python hf.py --ckpt=out/aft --out=out/aft-hf --source=path/to/the/original
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from checkpoint import find_checkpoint
+from configurator import UserError, main
+from hf_tokenizer import copy_tokenizer_files, load_hf_tokenizer
+from model import GPT, ModelConfig, load_model, load_state
+from tokenizer import load_tokenizer
+
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+# Our module names -> Hugging Face's: (outside the blocks, the prefix of block i, inside a block).
+HF_NAMES = {
+    "llama": (
+        {"wte": "model.embed_tokens", "norm_f": "model.norm", "lm_head": "lm_head"},
+        "model.layers.{i}",
+        {"norm1": "input_layernorm", "norm2": "post_attention_layernorm",
+         "attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+         "attn.o_proj": "self_attn.o_proj",
+         "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj"},
+    ),
+    "gpt2": (
+        {"wte": "transformer.wte", "wpe": "transformer.wpe", "norm_f": "transformer.ln_f", "lm_head": "lm_head"},
+        "transformer.h.{i}",
+        {"norm1": "ln_1", "norm2": "ln_2",
+         "attn.q_proj": "attn.c_attn", "attn.k_proj": "attn.c_attn", "attn.v_proj": "attn.c_attn",
+         "attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"},
+    ),
+}
+# Tensors in Hugging Face files that are not weights: GPT-2's causal-mask buffers, old LLaMA rotary tables.
+NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def hf_name(name, family):
+    """Our parameter name -> the Hugging Face tensor that holds it (GPT-2's q, k and v share c_attn)."""
+    top, block_prefix, inside = HF_NAMES[family]
+    module, param = name.rsplit(".", 1)
+    if module.startswith("blocks."):
+        _, i, rest = module.split(".", 2)
+        return f"{block_prefix.format(i=i)}.{inside[rest]}.{param}"
+    return f"{top[module]}.{param}"
+
+
+def _is_conv1d(name, tensor, family):
+    """GPT-2's in-block matrices are stored (in, out)."""
+    return family == "gpt2" and name.startswith("blocks.") and tensor.dim() == 2
+
+
+# -----------------------------------------------------------------------------
+# config.json <-> ModelConfig
+
+def config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """Our ModelConfig for a Hugging Face config.json, or a UserError naming every option we cannot honour."""
+    model_type = hf.get("model_type")
+    architectures = hf.get("architectures") or []
+    if model_type not in ARCHITECTURES or any(a != ARCHITECTURES[model_type] for a in architectures):
+        raise UserError(f"{source}: model_type={model_type!r}, architectures={architectures} is not supported "
+                        f"(supported: {', '.join(f'{t} ({a})' for t, a in ARCHITECTURES.items())})")
+
+    def get(key, default=None):
+        value = hf.get(key, default)
+        if value is None:
+            raise UserError(f"{source}: missing {key!r}")
+        return value
+
+    problems = []  # "option=value" of everything unsupported, reported together
+    if hf.get("quantization_config"):
+        problems.append(f"quantization_config={json.dumps(hf['quantization_config'])[:80]}")
+    if model_type == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            problems.append(f"activation_function={hf['activation_function']!r}")  # ours is tanh-approximated GELU
+        for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                               ("add_cross_attention", False)):
+            if hf.get(key, supported) != supported:
+                problems.append(f"{key}={hf[key]!r}")
+        if problems:
+            raise UserError(f"{source}: unsupported option(s) {', '.join(problems)}")
+        n_embd = get("n_embd", 768)
+        return ModelConfig(family="gpt2", vocab_size=get("vocab_size", 50257), block_size=get("n_positions", 1024),
+                           n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
+                           intermediate_size=hf.get("n_inner") or 4 * n_embd,
+                           norm_eps=get("layer_norm_epsilon", 1e-5), bias=True,
+                           tie_embeddings=hf.get("tie_word_embeddings", True))
+
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={hf['hidden_act']!r}")
+    rope = hf.get("rope_parameters")
+    if rope is not None:  # transformers >= 5 writes {"rope_type": ..., "rope_theta": ...}
+        if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
+            problems.append(f"rope_parameters={json.dumps(rope)}")
+        rope_theta = rope.get("rope_theta", 10000.0)
+    else:
+        rope_theta = hf.get("rope_theta", 10000.0)
+    scaling = hf.get("rope_scaling")
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) != "default":
+        problems.append(f"rope_scaling={json.dumps(scaling)}")
+    if model_type == "qwen2":
+        qkv_bias, bias = True, False  # Qwen2 always has q/k/v biases and no others
+        if hf.get("use_sliding_window"):
+            problems.append("use_sliding_window=true")
+        sliding = [kind for kind in hf.get("layer_types") or [] if kind != "full_attention"]
+        if sliding:
+            problems.append(f"layer_types containing {sliding[0]!r}")
+    else:  # our LLaMA has biases on all linear layers or on none
+        attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        if attention_bias != mlp_bias:
+            problems.append(f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
+        qkv_bias, bias = False, bool(attention_bias and mlp_bias)
+    if problems:
+        raise UserError(f"{source}: unsupported option(s) {', '.join(problems)}")
+    return ModelConfig(family="llama", vocab_size=get("vocab_size"), block_size=get("max_position_embeddings"),
+                       n_layer=get("num_hidden_layers"), n_head=get("num_attention_heads"),
+                       n_kv_head=hf.get("num_key_value_heads") or 0, n_embd=get("hidden_size"),
+                       head_dim=hf.get("head_dim") or 0, intermediate_size=get("intermediate_size"),
+                       rope_theta=float(rope_theta), norm_eps=get("rms_norm_eps", 1e-6), bias=bias,
+                       qkv_bias=qkv_bias, tie_embeddings=hf.get("tie_word_embeddings", False))
+
+
+def hf_config(config: ModelConfig, base: dict | None = None) -> dict:
+    """The Hugging Face config.json of a model with our `config`, written over `base` (the original model's
+    config.json, whose other fields such as token ids are kept). A LLaMA-style config with q/k/v biases only
+    becomes Qwen2. Checked by reading it back."""
+    c = config
+    if c.family == "gpt2":
+        if not c.bias or c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.n_embd:
+            raise UserError("a GPT-2 style model needs bias=True, n_kv_head == n_head and head_dim == n_embd // "
+                            "n_head to be written as GPT2LMHeadModel")
+        hf = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2",
+              "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
+              "n_head": c.n_head, "n_inner": c.intermediate_size, "activation_function": "gelu_new",
+              "layer_norm_epsilon": c.norm_eps, "scale_attn_weights": True,
+              "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
+    else:
+        model_type = "qwen2" if c.qkv_bias and not c.bias else "llama"
+        hf = {"architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
+              "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size, "hidden_size": c.n_embd,
+              "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.head_dim,
+              "hidden_act": "silu", "rms_norm_eps": c.norm_eps, "rope_scaling": None,
+              # rope_theta for transformers 4, rope_parameters for transformers 5
+              "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
+        if model_type == "qwen2":
+            hf.update(use_sliding_window=False, layer_types=["full_attention"] * c.n_layer)
+        else:
+            hf.update(attention_bias=c.bias, mlp_bias=c.bias)
+    hf["tie_word_embeddings"] = c.tie_embeddings
+    hf = {**(base or {}), **hf}
+    if config_from_hf(hf, "hf_config") != config:
+        raise UserError(f"the config.json written for {config} does not read back as the same model "
+                        f"(a field of the original config.json contradicts it?)")
+    return hf
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_hf_config(directory) -> dict:
+    return _read_json(Path(directory) / CONFIG_FILE)
+
+
+# -----------------------------------------------------------------------------
+# Weights
+
+def _read_safetensors(path):
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except SafetensorError as e:
+        raise UserError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def read_hf_tensors(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of all the shards model.safetensors.index.json lists."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_FILE).is_file():
+        return _read_safetensors(directory / WEIGHTS_FILE)
+    if not (directory / INDEX_FILE).is_file():
+        raise UserError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE} (only safetensors are read)")
+    weight_map = _read_json(directory / INDEX_FILE).get("weight_map") or {}
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        tensors.update(_read_safetensors(directory / shard))
+    return tensors
+
+
+def load_hf_state(model, tensors, source):
+    """Rename, transpose and split Hugging Face tensors into `model` (checked by model.load_state)."""
+    family, tied = model.config.family, model.config.tie_embeddings
+    found = {}
+    for name, tensor in tensors.items():
+        if name.endswith(NOT_WEIGHTS) or (tied and name == "lm_head.weight"):
+            continue  # a tied head in the file is ignored, as transformers ignores it
+        if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name
+        found[name] = tensor
+    ours = {name: hf_name(name, family) for name in model.state_dict() if not (tied and name == "lm_head.weight")}
+    missing = sorted(set(ours.values()) - set(found))
+    if missing:
+        raise UserError(f"{source}: missing tensor '{missing[0]}'" + (f" (and {len(missing) - 1} more)"
+                                                                      if len(missing) > 1 else ""))
+    unexpected = sorted(set(found) - set(ours.values()))
+    if unexpected:
+        raise UserError(f"{source}: unexpected tensor '{unexpected[0]}' (not part of a {family} model "
+                        f"with this config.json)")
+    state = {}
+    for name, theirs in ours.items():
+        tensor = found[theirs]
+        if _is_conv1d(name, tensor, family):
+            tensor = tensor.t()
+        if theirs.endswith(("c_attn.weight", "c_attn.bias")):
+            tensor = tensor.chunk(3, dim=0)["qkv".index(name.split(".")[-2][0])]  # fused [q; k; v]
+        state[name] = tensor
+    load_state(model, state, source)
+
+
+def hf_state(model) -> dict[str, torch.Tensor]:
+    """The model's tensors under Hugging Face names and layouts (the inverse of load_hf_state)."""
+    family, tied = model.config.family, model.config.tie_embeddings
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name, tensor in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
+        parts.setdefault(hf_name(name, family), []).append(tensor.detach())  # q, k, v arrive in that order
+    state = {}
+    for theirs, tensors in parts.items():
+        tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        if family == "gpt2" and theirs.startswith("transformer.h.") and tensor.dim() == 2:
+            tensor = tensor.t()  # Conv1D: (in, out)
+        state[theirs] = tensor.contiguous().cpu()
+    return state
+
+
+# -----------------------------------------------------------------------------
+# The entry points
+
+def from_pretrained(directory, device="cpu", dtype=torch.float32) -> GPT:
+    """Our GPT with the weights of a Hugging Face model directory."""
+    directory = Path(directory)
+    hf = read_hf_config(directory)
+    if "nanoaft" in hf:
+        raise UserError(f"{directory}: a nanoAFT model directory; load it with model.load_model")
+    model = GPT(config_from_hf(hf, str(directory / CONFIG_FILE)))
+    load_hf_state(model, read_hf_tensors(directory), str(directory))
+    return model.to(device=device, dtype=dtype)
+
+
+def save_pretrained(model, directory, source=None, max_shard_size=None):
+    """Write `model` as a Hugging Face directory: config.json and model.safetensors, or shards of at most
+    `max_shard_size` bytes with an index. `source`: the Hugging Face directory the model came from; its
+    config.json's other fields are kept and its tokenizer files copied. Returns the directory."""
+    directory = Path(directory)
+    base = None
+    if source is not None and (Path(source) / CONFIG_FILE).is_file():
+        base = read_hf_config(source)
+        if "nanoaft" in base:
+            base = None  # a nanoAFT checkpoint: only its tokenizer files are of use
+    hf = hf_config(model.config, base)
+    dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    hf["torch_dtype"] = dtype  # transformers 5 calls it dtype, and prefers that one when the original had it
+    if "dtype" in hf:
+        hf["dtype"] = dtype
+    state = hf_state(model)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in [directory / WEIGHTS_FILE, directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)  # transformers would read a leftover single file before our shards
+    metadata = {"format": "pt"}  # transformers refuses safetensors files without it
+    shards = [[]]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_size and shards[-1] and size + nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    if len(shards) == 1:
+        save_file(state, str(directory / WEIGHTS_FILE), metadata=metadata)
+    else:
+        weight_map = {}
+        for i, names in enumerate(shards, start=1):
+            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file({name: state[name] for name in names}, str(directory / file), metadata=metadata)
+            weight_map.update(dict.fromkeys(names, file))
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    (directory / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
+    if source is not None:
+        copy_tokenizer_files(source, directory)
+    return directory
+
+
+def model_directory(path):
+    """The directory holding the model's config.json: `path` itself, or the checkpoint of run directory `path`."""
+    path = Path(path)
+    return path if (path / CONFIG_FILE).is_file() else find_checkpoint(path)
+
+
+def load_any_model(path, device="cpu") -> GPT:
+    """The model of a Hugging Face model directory, or of a nanoAFT model, checkpoint or run directory."""
+    directory = model_directory(path)
+    if "nanoaft" in read_hf_config(directory):
+        return load_model(directory, device)
+    return from_pretrained(directory, device)
+
+
+def load_model_and_tokenizer(path, device="cpu"):
+    """(model, tokenizer) of a Hugging Face model directory, or of a nanoAFT model, checkpoint or run directory
+    (whose tokenizer is tokenizer.tiktoken, or the Hugging Face tokenizer files copied into it)."""
+    directory = model_directory(path)
+    model = load_any_model(directory, device)
+    rank_file = directory / "tokenizer.tiktoken"  # what checkpoint.save_checkpoint copies in
+    if "nanoaft" in read_hf_config(directory) and rank_file.is_file():
+        enc = load_tokenizer(str(rank_file))
+    else:
+        enc = load_hf_tokenizer(directory)
+    if enc.n_vocab > model.config.vocab_size:
+        raise UserError(f"{directory}: the tokenizer has {enc.n_vocab} tokens but the model only "
+                        f"{model.config.vocab_size} embeddings")
+    return model, enc
+
+
+# -----------------------------------------------------------------------------
+# command line: export
+
+@dataclass
+class ExportConfig:
+    ckpt: str                       # nanoAFT model/checkpoint/run directory (or a Hugging Face one)
+    out: str                        # where to write the Hugging Face directory
+    source: str = ""                # the original Hugging Face directory: config fields and tokenizer files
+    max_shard_size: int = 0         # bytes per safetensors shard (0: one file)
+
+
+def export(cfg):
+    model = load_any_model(cfg.ckpt)
+    source = cfg.source or model_directory(cfg.ckpt)  # by default, the checkpoint's own tokenizer files
+    save_pretrained(model, cfg.out, source=source, max_shard_size=cfg.max_shard_size or None)
+    print(f"wrote {cfg.out}")
+
+
+if __name__ == "__main__":
+    main(export, ExportConfig)
