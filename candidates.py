@@ -4,35 +4,39 @@ label each positive or negative by its final answer, grade it (PAPER.md section 
 positive, and store each candidate's sum log-prob S under the VFT model (DPO's reference, computed once).
 
     python candidates.py --ckpt=out/vft             # writes out/vft/candidates.jsonl
+    python candidates.py --ckpt=out/gsm8k-vft --max_new_tokens=320 --dtype=bfloat16
 
-The file starts with a header line holding the fingerprints of the model and tokenizer that made it; loading
-it for another model or tokenizer is refused. Then one JSON line per question:
-    {"question", "answer", "candidates": [{"ids", "text", "correct", "grade", "gold", "sum_logp", "n_tokens"}]}
+The file starts with a header line holding the fingerprints of the model and tokenizer that made it (hashes of
+their files); loading it for another model or tokenizer is refused. Then one JSON line per question:
+    {"question", "answer", "candidates": [{"ids", "text", "correct", "grade", "gold", "sum_logp", "n_tokens"}],
+     "samples_correct", "samples", "samples_cut"}
+
+A sample cut at max_new_tokens has no final answer, so it is labelled wrong: a negative for alignment. That is
+right for a chain that loops, wrong for one that was merely long, so the summary reports the share cut
+(`cut_share`) and a warning asks for a larger budget when it is high. Questions whose reference chain does not
+fit in the model's context are left out, with a count.
 """
 
 import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from checkpoint import find_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.answers import grade, is_correct
 from data.dataset import run_task
 from evaluate import complete
-from model import load_model
-from sequences import encode_pair, score_pairs
-from tokenizer import fingerprint as tokenizer_fingerprint
-from tokenizer import load_tokenizer
+from hf import load_model_and_tokenizer, model_directory, tokenizer_files, weight_files
+from sequences import DTYPES, autocast, encode_pair, fits, pick_device, score_pairs
 
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # the VFT run or model directory
+    ckpt: str = "out/vft"           # the VFT run, or a model directory (nanoAFT or Hugging Face)
     out: str = ""                   # "" = <ckpt>/candidates.jsonl
     dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
     data_dir: str = ""              # gsm8k jsonl directory, likewise
@@ -44,19 +48,25 @@ class Config:
     batch_size: int = 256           # generated rows per batch
     seed: int = 0                   # sampling seed
     device: str = "auto"            # "auto", "cpu", "cuda"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
 
 
-def model_fingerprint(directory):
-    """Short sha256 of the weights file: candidates belong to exactly these weights."""
+def files_fingerprint(paths):
+    """Short sha256 of the files' bytes, one file after another (for one file: the hash of that file)."""
     digest = hashlib.sha256()
-    with open(Path(directory) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
 def fingerprints(directory):
-    return {"model": model_fingerprint(directory), "tokenizer": tokenizer_fingerprint(str(directory / "tokenizer.tiktoken"))}
+    """Candidates belong to exactly these weights and this tokenizer (every shard and tokenizer file hashed)."""
+    files = tokenizer_files(directory)
+    if not files:
+        raise UserError(f"{directory}: no tokenizer files to fingerprint")
+    return {"model": files_fingerprint(weight_files(directory)), "tokenizer": files_fingerprint(files)}
 
 
 def candidates_path(cfg):
@@ -87,8 +97,9 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, add_gold=
                 c["correct"] = is_correct(c["text"], ex["answer"])
                 c["grade"] = grade(c["text"], ex["answer"])
             raw_correct = sum(is_correct(text, ex["answer"]) for text in texts[i * k:(i + 1) * k])
+            cut = sum(not cand_ids or cand_ids[-1] != enc.eot_token for cand_ids in ids[i * k:(i + 1) * k])
             groups.append({"question": ex["question"], "answer": ex["answer"], "candidates": cands,
-                           "samples_correct": raw_correct, "samples": k})
+                           "samples_correct": raw_correct, "samples": k, "samples_cut": cut})
         done = start + len(chunk)
         if (log_every and (done // per_batch) % log_every == 0) or done == len(examples):
             elapsed = time.time() - t0
@@ -133,7 +144,7 @@ def load_groups(path, model_dir):
         raise UserError(f"{path}: corrupt candidate file ({e})") from None
     if not isinstance(header, dict) or "fingerprint" not in header:
         raise UserError(f"{path}: no fingerprint header; not a candidate file written by candidates.py")
-    expected = fingerprints(find_checkpoint(model_dir))
+    expected = fingerprints(model_directory(model_dir))
     for part in ("model", "tokenizer"):
         if header["fingerprint"].get(part) != expected[part]:
             raise UserError(f"{path}: made by another {part} ({header['fingerprint'].get(part)}) than the one in "
@@ -151,26 +162,37 @@ def summarize(groups):
             "mixed_share": sum(0 < r < k for r in right) / len(groups),  # >= 1 right and >= 1 wrong sample
             "sample_accuracy": sum(right) / (k * len(groups)),
             "pair_share": sum(any(c["correct"] for c in g["candidates"]) and not all(c["correct"] for c in g["candidates"])
-                              for g in groups) / len(groups)}  # groups (gold included) with a preference pair
+                              for g in groups) / len(groups),  # groups (gold included) with a preference pair
+            "cut_share": sum(g["samples_cut"] for g in groups) / (k * len(groups))}  # cut at max_new_tokens
 
 
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if cfg.device == "auto" else cfg.device)
-    directory = find_checkpoint(cfg.ckpt)
-    enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
-    model = load_model(directory, device)
+    device = pick_device(cfg.device)
+    directory = model_directory(cfg.ckpt)
+    model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
-    examples = task["train"][:cfg.n_questions]
+    block_size = model.config.block_size
+    first = task["train"][:cfg.n_questions]
+    examples = [ex for ex in first if fits(encode_pair(enc, ex["question"], ex["answer"]), block_size)]
+    if len(examples) < len(first):
+        print(f"candidates: left out {len(first) - len(examples)} of {len(first)} questions: question and "
+              f"reference chain are longer than block_size {block_size}", flush=True)
+    if not examples:
+        raise UserError(f"{directory}: no training question fits in the model's block_size of {block_size}")
     print(f"candidates: sampling k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training "
           f"questions with {directory}", flush=True)
-    groups = build_groups(model, enc, examples, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.add_gold,
-                          cfg.batch_size, cfg.seed, log_every=5)
+    with autocast(device, cfg.dtype):
+        groups = build_groups(model, enc, examples, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.add_gold,
+                              cfg.batch_size, cfg.seed, log_every=5)
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(cfg), "summary": summarize(groups)}
     path = candidates_path(cfg)
     save_groups(path, groups, header)
     print(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)
+    if header["summary"]["cut_share"] > 0.05:
+        print(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
+              f"max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger --max_new_tokens",
+              flush=True)
     return groups, header
 
 

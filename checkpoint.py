@@ -6,7 +6,8 @@ A run directory holds one checkpoint:
 
     run_dir/checkpoint/
         config.json, model.safetensors   the model, as model.save_model writes it (loadable on its own)
-        tokenizer.tiktoken               a copy of the tokenizer's rank file, when one is given
+        tokenizer.tiktoken               the tokenizer the model was trained with, when one is given: our rank
+          or tokenizer.json, ...         file, or the Hugging Face tokenizer files of a model started from one
         optimizer.safetensors            every tensor of optimizer.state_dict()["state"], as "state.<param>.<name>"
         trainer.json                     the trainer's state (step, config, history, ...), the optimizer's
                                          param_groups, and the Python and numpy RNG states
@@ -17,7 +18,7 @@ Saving writes a fresh `checkpoint.tmp/`, flushes it to disk, then renames `check
 complete `checkpoint` or, between the two renames, a complete `checkpoint.old`; `find_checkpoint` looks for
 both. (One writer per run directory: a DDP run saves from rank 0 only.)
 
-    save_checkpoint(run_dir, model, optimizer, {"step": step, "config": config_to_dict(cfg)}, tokenizer_path)
+    save_checkpoint(run_dir, model, optimizer, {"step": step, "config": config_to_dict(cfg)}, tokenizer_files)
     model, state = load_checkpoint(run_dir)
     optimizer = ...built for `model` as before...
     restore_optimizer(optimizer, run_dir)
@@ -99,15 +100,31 @@ def _optimizer_tensors(optimizer):
     return tensors, state_dict["param_groups"]
 
 
-def save_checkpoint(run_dir, model, optimizer, state, tokenizer_path=None):
+def _tokenizer_copies(tokenizer_files):
+    """{name in the checkpoint: file to copy} for save_checkpoint's `tokenizer_files`."""
+    if tokenizer_files is None:
+        return {}
+    if isinstance(tokenizer_files, (str, os.PathLike)):
+        return {TOKENIZER_FILE: Path(tokenizer_files)}  # our rank file, whatever the user named it
+    return {Path(path).name: Path(path) for path in tokenizer_files}
+
+
+def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None):
     """Write model, optimizer, RNG states and the trainer's JSON-safe `state` dict to run_dir/checkpoint,
-    replacing the previous checkpoint atomically. Returns the checkpoint directory."""
+    replacing the previous checkpoint atomically. Returns the checkpoint directory.
+
+    tokenizer_files: the tokenizer the model was trained with, copied in so that the checkpoint is complete on
+    its own (hf.load_model_and_tokenizer reads it back): one rank file, stored as tokenizer.tiktoken whatever
+    its name, or a list of files stored under their own names (hf.tokenizer_files gives that list for any
+    model directory: a checkpoint's tokenizer.tiktoken or a Hugging Face model's tokenizer.json, ...)."""
     run_dir = Path(run_dir)
     clash = [key for key in RESERVED if key in state]
     if clash:
         raise ValueError(f"state keys {clash} are reserved: save_checkpoint fills them in itself")
-    if tokenizer_path is not None and not Path(tokenizer_path).is_file():
-        raise UserError(f"{tokenizer_path}: tokenizer file not found")
+    copies = _tokenizer_copies(tokenizer_files)
+    for source in copies.values():
+        if not source.is_file():
+            raise UserError(f"{source}: tokenizer file not found")
     optimizer_tensors, param_groups = _optimizer_tensors(optimizer)
     rng = capture_rng()
     # Serialise before touching the disk, so a state that is not JSON-safe fails with nothing half-written.
@@ -127,8 +144,8 @@ def save_checkpoint(run_dir, model, optimizer, state, tokenizer_path=None):
     save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
     save_file(rng_tensors, str(tmp / RNG_FILE))
     (tmp / TRAINER_FILE).write_text(trainer_json + "\n")
-    if tokenizer_path is not None:
-        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+    for name, source in copies.items():  # before the swap below: the source may be the checkpoint it replaces
+        shutil.copyfile(source, tmp / name)
     for path in tmp.iterdir():
         _fsync(path)
     _fsync(tmp)

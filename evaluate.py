@@ -9,29 +9,31 @@ The metrics of PAPER.md section 7, for a checkpoint and a split of questions.
 - gold PPL: exp(-sum_c S(c) / sum_c |c|) over the reference COTs, token-weighted [ours].
 - degeneration rate: share of greedy outputs with a repetition loop or no final answer [ours].
 
-    python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval.json
+    python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval_test.json
+    python evaluate.py --ckpt=path/to/SmolLM2-135M --dataset=gsm8k --data_dir=data/gsm8k --dtype=bfloat16
+
+Generation never runs past the model's context: a batch whose longest prompt leaves fewer than max_new_tokens
+positions generates fewer tokens (real models have thousands; only a tiny test model ever gets near).
 """
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from checkpoint import find_checkpoint
-from configurator import main
+from configurator import UserError, main
 from data.answers import extract_answer, is_correct, is_degenerate
 from data.dataset import run_task
-from model import load_model
+from hf import load_model_and_tokenizer, model_directory
 from sample import generate
-from sequences import encode_pair, score_pairs
-from tokenizer import load_tokenizer
+from sequences import DTYPES, autocast, encode_pair, fits, pick_device, score_pairs
 
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # model or run directory (its tokenizer.tiktoken is used)
+    ckpt: str = "out/vft"           # run, checkpoint or model directory (nanoAFT or Hugging Face), with its tokenizer
     dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
     data_dir: str = ""              # gsm8k jsonl directory, likewise
     split: str = "test"             # "test" or "val"
@@ -43,6 +45,7 @@ class Config:
     batch_size: int = 128           # rows per generation batch
     seed: int = 0                   # sampling seed
     device: str = "auto"            # "auto", "cpu", "cuda"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
     out: str = ""                   # JSON output path ("" = <ckpt>/eval_<split>.json)
 
 
@@ -53,13 +56,19 @@ def decode(enc, ids):
 
 def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0.0, batch_size=128,
              generator=None):
-    """Generated texts and their token ids: num_samples per question, prompt-major."""
+    """Generated texts and their token ids: num_samples per question, prompt-major. A batch gets at most the
+    positions its longest prompt leaves in the model's context."""
     per_batch = max(1, batch_size // num_samples)
+    block_size = model.config.block_size
     texts, ids = [], []
     for start in range(0, len(questions), per_batch):
         prompts = [encode_pair(enc, q, "")[0] for q in questions[start:start + per_batch]]
-        out = generate(model, prompts, max_new_tokens, num_samples=num_samples, temperature=temperature,
-                       eot_id=enc.eot_token, generator=generator)
+        longest = max(map(len, prompts))
+        if longest >= block_size:
+            raise UserError(f"a question of {longest} tokens leaves no room for an answer in the model's "
+                            f"block_size of {block_size} tokens")
+        out = generate(model, prompts, min(max_new_tokens, block_size - longest), num_samples=num_samples,
+                       temperature=temperature, eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
         for row in range(out.tokens.shape[0]):
             ids.append(out.row(row))
             texts.append(decode(enc, ids[-1]))
@@ -150,8 +159,10 @@ def group_assessment(model, enc, groups, batch_size=128):
 
 @torch.no_grad()
 def gold_perplexity(model, enc, examples, batch_size=128):
-    """exp(-sum S / sum |c|) of the reference COTs (their end-of-text included)."""
+    """exp(-sum S / sum |c|) of the reference COTs (their end-of-text included); pairs longer than the model's
+    context are left out."""
     pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
+    pairs = [pair for pair in pairs if fits(pair, model.config.block_size)]
     total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
     return float(torch.exp(-total.sum() / count.sum()))
 
@@ -180,13 +191,12 @@ def format_table(rows):
 
 
 def run(cfg):
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if cfg.device == "auto" else cfg.device)
-    directory = find_checkpoint(cfg.ckpt)
-    enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
-    model = load_model(directory, device)
+    device = pick_device(cfg.device)
+    directory = model_directory(cfg.ckpt)
+    model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
-    metrics = evaluate_model(model, enc, task[cfg.split], cfg)
+    with autocast(device, cfg.dtype):
+        metrics = evaluate_model(model, enc, task[cfg.split], cfg)
     print(format_table({str(directory): metrics}))
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
     out.write_text(json.dumps(metrics, indent=1) + "\n")

@@ -5,6 +5,7 @@ model.safetensors.index.json), for GPT-2 and the LLaMA family (Llama, Qwen2, Smo
     model = from_pretrained("path/to/SmolLM2-135M")            # a directory downloaded from the Hub
     save_pretrained(model, "out/aft-hf", source="path/to/SmolLM2-135M")  # opens in transformers unchanged
     model, enc = load_model_and_tokenizer(path)                 # nanoAFT checkpoint or Hugging Face directory
+    enc, files = load_tokenizer_of(path), tokenizer_files(path)  # the tokenizer alone, and the files it comes from
 
 How the names and layouts differ from ours (model.py):
 - LLaMA family: model.embed_tokens / model.layers.{i}.{input_layernorm, self_attn.*, post_attention_layernorm,
@@ -30,9 +31,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from checkpoint import TOKENIZER_FILE as RANK_FILE  # our own tokenizer.tiktoken
 from checkpoint import find_checkpoint
 from configurator import UserError, main
-from hf_tokenizer import copy_tokenizer_files, load_hf_tokenizer
+from hf_tokenizer import TOKENIZER_FILES, copy_tokenizer_files, load_hf_tokenizer
 from model import GPT, ModelConfig, load_model, load_state
 from tokenizer import load_tokenizer
 
@@ -206,17 +208,23 @@ def _read_safetensors(path):
         raise UserError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def read_hf_tensors(directory) -> dict[str, torch.Tensor]:
-    """Every tensor of model.safetensors, or of all the shards model.safetensors.index.json lists."""
+def weight_files(directory) -> list[Path]:
+    """model.safetensors, or model.safetensors.index.json followed by every shard it lists."""
     directory = Path(directory)
     if (directory / WEIGHTS_FILE).is_file():
-        return _read_safetensors(directory / WEIGHTS_FILE)
+        return [directory / WEIGHTS_FILE]
     if not (directory / INDEX_FILE).is_file():
         raise UserError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE} (only safetensors are read)")
     weight_map = _read_json(directory / INDEX_FILE).get("weight_map") or {}
+    return [directory / INDEX_FILE, *(directory / shard for shard in sorted(set(weight_map.values())))]
+
+
+def read_hf_tensors(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors, or of all the shards model.safetensors.index.json lists."""
     tensors = {}
-    for shard in sorted(set(weight_map.values())):
-        tensors.update(_read_safetensors(directory / shard))
+    for path in weight_files(directory):
+        if path.name != INDEX_FILE:
+            tensors.update(_read_safetensors(path))
     return tensors
 
 
@@ -342,16 +350,31 @@ def load_any_model(path, device="cpu") -> GPT:
     return from_pretrained(directory, device)
 
 
+def tokenizer_files(path) -> list[Path]:
+    """The files that make up the tokenizer of a model directory (Hugging Face, or a nanoAFT model, checkpoint or
+    run directory): our rank file tokenizer.tiktoken when there is one, else the Hugging Face tokenizer files
+    present (possibly none). What checkpoint.save_checkpoint copies in, and what candidate files fingerprint."""
+    directory = model_directory(path)
+    if (directory / RANK_FILE).is_file():
+        return [directory / RANK_FILE]
+    return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+
+
+def load_tokenizer_of(path):
+    """The tokenizer of a model directory, from the files `tokenizer_files` lists: a tiktoken Encoding for our
+    rank file, an hf_tokenizer.Tokenizer (which knows its end- and begin-of-sequence tokens) otherwise."""
+    directory = model_directory(path)
+    if (directory / RANK_FILE).is_file():
+        return load_tokenizer(str(directory / RANK_FILE))
+    return load_hf_tokenizer(directory)
+
+
 def load_model_and_tokenizer(path, device="cpu"):
     """(model, tokenizer) of a Hugging Face model directory, or of a nanoAFT model, checkpoint or run directory
     (whose tokenizer is tokenizer.tiktoken, or the Hugging Face tokenizer files copied into it)."""
     directory = model_directory(path)
+    enc = load_tokenizer_of(directory)  # first: a directory without a tokenizer fails before gigabytes are read
     model = load_any_model(directory, device)
-    rank_file = directory / "tokenizer.tiktoken"  # what checkpoint.save_checkpoint copies in
-    if "nanoaft" in read_hf_config(directory) and rank_file.is_file():
-        enc = load_tokenizer(str(rank_file))
-    else:
-        enc = load_hf_tokenizer(directory)
     if enc.n_vocab > model.config.vocab_size:
         raise UserError(f"{directory}: the tokenizer has {enc.n_vocab} tokens but the model only "
                         f"{model.config.vocab_size} embeddings")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import find_checkpoint
 from configurator import UserError, main
 from data.dataset import format_prompt
-from model import KVCache, load_model
-from tokenizer import load_tokenizer
+from hf import load_model_and_tokenizer
+from model import KVCache
+from sequences import encode_prompt
 
 
 @dataclass
@@ -60,11 +60,13 @@ def pick_next(logits, temperature, top_k, top_p, generator):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
-             eot_id=None, generator=None, use_cache=True):
+             eot_id=None, generator=None, use_cache=True, n_vocab=None):
     """Continue each prompt (a list of token-id lists) num_samples times.
 
     Rows come out prompt-major: prompt i's samples are rows i*num_samples .. i*num_samples+num_samples-1.
-    Prompts of different lengths are left-padded. With use_cache=False every step recomputes the whole
+    Prompts of different lengths are left-padded. n_vocab: the tokenizer's size; ids at or above it (the
+    padding rows of an embedding larger than the tokenizer, as Qwen2's) are never drawn, and log-probs are over
+    the tokenizer's ids. With use_cache=False every step recomputes the whole
     sequence (same result, much slower; kept for the benchmark and as a test oracle)."""
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
@@ -85,7 +87,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
         cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device=device,
                         dtype=model.lm_head.weight.dtype)
     logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
-    logits = logits[:, -1].float().repeat_interleave(num_samples, dim=0)  # (N, V)
+    logits = logits[:, -1, :n_vocab].float().repeat_interleave(num_samples, dim=0)  # (N, V)
     if use_cache:
         cache.fan_out(num_samples)
     left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
@@ -111,7 +113,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
         else:
             seq = torch.cat([seq, tokens[:, t:t + 1]], dim=1)
             logits, _ = model(seq, left_pad=left_pad)
-        logits = logits[:, -1].float()
+        logits = logits[:, -1, :n_vocab].float()
     return Samples(tokens, logprobs, lengths, finished)
 
 
@@ -120,7 +122,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # model or run directory (with tokenizer.tiktoken)
+    ckpt: str = "out/vft"           # run, checkpoint or model directory (nanoAFT or Hugging Face), with its tokenizer
     prompt: str = ""                # raw prompt text
     question: str = ""              # or a question, wrapped in the task's prompt format
     num_samples: int = 4            # continuations of the prompt
@@ -135,14 +137,13 @@ class Config:
 def run(cfg):
     if bool(cfg.prompt) == bool(cfg.question):
         raise UserError("give exactly one of --prompt=... or --question=...")
-    directory = find_checkpoint(cfg.ckpt)
-    enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
-    model = load_model(directory, cfg.device).eval()
+    model, enc = load_model_and_tokenizer(cfg.ckpt, cfg.device)
+    model.eval()
     text = cfg.prompt or format_prompt(cfg.question)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    out = generate(model, [enc.encode_ordinary(text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
+    out = generate(model, [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=enc.eot_token,
-                   generator=generator)
+                   generator=generator, n_vocab=enc.n_vocab)
     texts = []
     for i in range(cfg.num_samples):
         ids = [t for t in out.row(i) if t != enc.eot_token]

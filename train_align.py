@@ -13,12 +13,14 @@ them in one batched forward (s = mean log-prob of the chain, S = its sum) and mi
     L = DPO against the frozen VFT scores             (dpo) [paper]
     L = L_NLL on the gold chain only                  (vft: the "more training" control) [ours]
 where the preference losses take --constraint = none | dc | bc (losses.py, PAPER.md sections 4-6).
-It ends by printing the metrics of the VFT model and the aligned model side by side.
+It ends by printing the metrics of the VFT model and the aligned model side by side. The tokenizer is the VFT
+run's own (ours, or the Hugging Face one of a model started from one) and is copied into every checkpoint.
+`--dtype=bfloat16` runs the forward passes under bf16 autocast (sequences.py).
 """
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,13 +32,16 @@ from configurator import UserError, config_to_dict, main
 from data.dataset import run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
+from hf import load_tokenizer_of, tokenizer_files
 from losses import (alignment_loss, dpo_loss, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
                     sequence_logprobs)
 from model import load_model
-from sequences import collate, encode_pair
-from tokenizer import load_tokenizer
+from sequences import DTYPES, autocast, collate, encode_pair, pick_device
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
+# The fields of a train_sft.py config that say which task it is (data.dataset.task_from_config reads them).
+TASK_FIELDS = ("dataset", "data_dir", "data_seed", "n_train", "min_chain_steps", "max_chain_steps", "max_factor",
+               "max_number")
 DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc", "dpo": "none", "rrhf": "none", "pro": "none"}
 
 
@@ -44,19 +49,19 @@ DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc", "dpo": "none", "rrhf": "non
 class Config:
     loss: str = "aft_rank"          # vft | rft | aft | aft_rank | dpo | rrhf | pro
     constraint: str = ""            # none | dc | bc; "" = the loss's default (aft, aft_rank: bc; dpo, rrhf, pro: none)
-    beta: float = 0.5               # boundary margin of bc, in nats of mean log-prob [ours]
+    beta: float = 0.05              # boundary margin of bc, in nats of mean log-prob [ours; tuned on val, README]
     beta_dpo: float = 0.1           # DPO's inverse temperature
     lam: float = 1.0                # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
     nll_on: str = "positives"       # L_NLL on "positives" (gold + correct samples) or "gold" only [ours]
     # prerequisites (built when missing)
     vft: str = "out/vft"            # VFT run directory
     candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl
-    n_questions: int = 2000         # training questions to sample candidates for
+    n_questions: int = 1200         # training questions to sample candidates for (one pass at the defaults)
     k: int = 8                      # samples per question
     temperature: float = 0.8        # sampling temperature for candidates
     # optimisation
     batch_size: int = 8             # questions (groups) per step
-    max_steps: int = 300            # optimiser steps
+    max_steps: int = 150            # optimiser steps
     learning_rate: float = 1e-4     # peak AdamW learning rate
     min_lr: float = 1e-5            # cosine floor
     warmup_steps: int = 20          # linear warm-up
@@ -66,7 +71,7 @@ class Config:
     # bookkeeping
     out_dir: str = ""               # "" = out/align-<loss>-<constraint>
     log_every: int = 25             # steps between progress lines
-    save_every: int = 150           # steps between checkpoints
+    save_every: int = 75            # steps between checkpoints
     test_questions: int = 1000      # greedy accuracy / gold PPL questions at the end (0 = skip evaluation)
     k_questions: int = 200          # questions for maj@k, rerank@k and test A-Acc at the end
     eval_split: str = "test"        # split for the final metrics: "test", or "val" while tuning
@@ -76,6 +81,7 @@ class Config:
     stop_after: int = 0             # end this invocation after this step; --resume continues
     seed: int = 1337                # data-order seed
     device: str = "auto"            # "auto", "cpu", "cuda"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
 
 
 def check_config(cfg):
@@ -111,7 +117,8 @@ def ensure_prerequisites(cfg):
         print(f"prerequisite: no candidates at {path}; sampling them (python candidates.py --ckpt={vft_dir})",
               flush=True)
         cands.build(cands.Config(ckpt=str(vft_dir), out=str(path), n_questions=cfg.n_questions, k=cfg.k,
-                                 temperature=cfg.temperature))
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                 device=cfg.device, dtype=cfg.dtype))
     groups, header = cands.load_groups(path, vft_dir)
     print(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
     return groups, header
@@ -202,14 +209,23 @@ def prepare(cfg, device, vft_dir):
     return load_model(vft_dir, device), {"step": 0, "history": {"train": []}}
 
 
+def vft_task(vft_dir):
+    """The task fields of the VFT run's config. They are saved in the aligned run's config too, so that
+    evaluate.py and candidates.py find the same task for the aligned model (data.dataset.run_task)."""
+    trainer = Path(vft_dir) / "trainer.json"
+    saved = json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
+    return {key: saved[key] for key in TASK_FIELDS if key in saved}
+
+
 def evaluation_config(cfg):
     return EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens)
 
 
 def all_metrics(model, enc, test, train_groups, cfg):
     """Test metrics plus A-Acc on the (already seen) training groups."""
-    metrics = evaluate_model(model, enc, test, evaluation_config(cfg))
-    metrics.update(group_assessment(model, enc, train_groups))
+    with autocast(next(model.parameters()).device, cfg.dtype):
+        metrics = evaluate_model(model, enc, test, evaluation_config(cfg))
+        metrics.update(group_assessment(model, enc, train_groups))
     return metrics
 
 
@@ -218,6 +234,8 @@ def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
     cache = Path(cfg.vft) / "eval_vft.json"
     key = {"model": model_fp, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions, "groups": len(train_groups),
            "max_new_tokens": cfg.max_new_tokens}
+    if cfg.dtype != "float32":
+        key["dtype"] = cfg.dtype  # float32 keys stay as caches written before --dtype existed
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
@@ -230,11 +248,10 @@ def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
 def train(cfg):
     """Align the VFT model with cfg.loss; returns the history (train records and final metrics)."""
     cfg = check_config(cfg)
-    device = train_sft.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     groups, header = ensure_prerequisites(cfg)
     vft_dir = find_checkpoint(cfg.vft)
-    tokenizer_path = vft_dir / "tokenizer.tiktoken"
-    enc = load_tokenizer(str(tokenizer_path))
+    enc, tokenizer_sources = load_tokenizer_of(vft_dir), tokenizer_files(vft_dir)
     model, state = prepare(cfg, device, vft_dir)
     optimizer = train_sft.make_optimizer(model, cfg, device)
     if cfg.resume:
@@ -246,8 +263,9 @@ def train(cfg):
 
     def save(step):
         save_checkpoint(cfg.out_dir, model, optimizer,
-                        {"kind": "align", "step": step, "config": config_to_dict(cfg), "history": history,
-                         "candidates_fingerprint": header["fingerprint"]}, tokenizer_path=tokenizer_path)
+                        {"kind": "align", "step": step, "config": {**config_to_dict(cfg), **vft_task(vft_dir)},
+                         "history": history,
+                         "candidates_fingerprint": header["fingerprint"]}, tokenizer_files=tokenizer_sources)
 
     model.train()
     start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
@@ -258,8 +276,9 @@ def train(cfg):
             group["lr"] = lr
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
         (idx, targets, mask), info = group_batch(batch, enc, cfg.max_candidates, device)
-        logits, _ = model(idx)  # (N, T, V), N real candidates
-        total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,)
+        with autocast(device, cfg.dtype):
+            logits, _ = model(idx)  # (N, T, V), N real candidates
+            total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,) float32
         logps = to_groups(total, info["valid"])  # (B, K) S
         scores = to_groups(total / count, info["valid"])  # (B, K) s
         loss, parts = alignment_objective(cfg, scores, logps, info)

@@ -3,19 +3,25 @@ Step 1 of AFT: vanilla fine-tuning (VFT) on chain-of-thought data.
 
 Every (question, reference COT) pair is trained with the paper's token-level NLL, prompt tokens masked out:
 L_VFT = -(1/|c|) sum_j log p(c_j | q, c_<j), averaged over the batch [paper]. On the built-in task the model
-starts from scratch (our default small LLaMA-style model); `--init_from=DIR` fine-tunes an existing one.
+starts from scratch (our default small LLaMA-style model, over the --tokenizer rank file); `--init_from=DIR`
+fine-tunes an existing one, a nanoAFT run or model directory or a Hugging Face one (config.json,
+model.safetensors or shards, tokenizer files), with its own tokenizer and context length (block_size).
+The checkpoint carries that tokenizer's files, so every later stage and `python hf.py --ckpt=RUN --out=DIR`
+read it back.
 
     python train_sft.py                                  # built-in task, ~4 minutes on a 2-core CPU
     python train_sft.py --max_steps=200 --out_dir=out/quick
     python train_sft.py --resume                         # continue a stopped run exactly
+    python train_sft.py --dataset=gsm8k --data_dir=data/gsm8k --init_from=path/to/SmolLM2-135M --dtype=bfloat16 ...
 
-From Python (a notebook): `history = train(Config(max_steps=100))`.
+Pairs longer than the model's block_size are left out, with a count printed (never on the built-in task with
+the defaults; on GSM8K only with a model of a few hundred positions). From Python (a notebook):
+`history = train(Config(max_steps=100))`. docs/gsm8k_gpu.md has a full GSM8K recipe for one GPU.
 """
 
-import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,9 +30,10 @@ from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, rest
 from configurator import UserError, config_to_dict, main
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
+from hf import load_model_and_tokenizer, load_tokenizer_of, tokenizer_files
 from losses import nll_loss, sequence_logprobs
-from model import GPT, ModelConfig, load_model, num_params
-from sequences import collate, encode_pair
+from model import GPT, ModelConfig, num_params
+from sequences import DTYPES, autocast, collate, encode_pair, fits, pick_device
 from tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parent
@@ -43,13 +50,13 @@ class Config:
     max_chain_steps: int = 4        # difficulty (synth): most reasoning steps per problem
     max_factor: int = 12            # difficulty (synth): largest multiplier, divisor, price or count
     max_number: int = 40            # difficulty (synth): largest amount that is only added or subtracted
-    tokenizer: str = "data/tokenizer.tiktoken"  # BPE rank file
+    tokenizer: str = "data/tokenizer.tiktoken"  # BPE rank file of a fresh model (init_from brings its own)
     # model (a fresh one; ignored with init_from)
-    init_from: str = ""             # "" = train a fresh model; else a model or run directory to fine-tune
+    init_from: str = ""             # "" = a fresh model; else a run or model directory (nanoAFT or Hugging Face)
     n_layer: int = 4                # transformer blocks
     n_head: int = 4                 # attention heads
     n_embd: int = 128               # width
-    block_size: int = 384           # longest prompt + COT in tokens
+    block_size: int = 384           # longest prompt + COT in tokens (init_from: the model's own)
     # optimisation
     batch_size: int = 32            # (question, COT) pairs per step
     max_steps: int = 800            # optimiser steps (~4 minutes on a 2-core CPU)
@@ -71,18 +78,13 @@ class Config:
     stop_after: int = 0             # end this invocation after this step (0 = run to max_steps); --resume continues
     seed: int = 1337                # initialisation and data-order seed
     device: str = "auto"            # "auto", "cpu", "cuda", ...
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
 
 
 def resolve(path):
     """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
     path = Path(path)
     return path if path.is_absolute() or path.exists() else REPO / path
-
-
-def pick_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def batch_indices(step, batch_size, n, seed):
@@ -135,9 +137,10 @@ def format_seconds(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def prepare_run(cfg, device, vocab_size):
-    """Validate everything and build (model, state) before anything is written to out_dir. A fresh model's
-    vocabulary is the tokenizer's (its ranks plus end-of-text)."""
+def prepare_run(cfg, device):
+    """Validate everything and build (model, tokenizer, tokenizer files, state) before anything is written to
+    out_dir: a resumed run's own checkpoint; the --init_from model with its own tokenizer; or a fresh model over
+    the --tokenizer rank file, whose vocabulary is the tokenizer's (its ranks plus end-of-text)."""
     out = Path(cfg.out_dir)
     has_checkpoint = any((out / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
     if cfg.resume:
@@ -151,47 +154,58 @@ def prepare_run(cfg, device, vocab_size):
                     "min_chain_steps", "max_chain_steps", "max_factor", "max_number"):
             if saved[key] != getattr(cfg, key):
                 raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {saved[key]}")
-        return model, state
+        return model, load_tokenizer_of(out), tokenizer_files(out), state  # the checkpoint's own tokenizer
     if has_checkpoint and not cfg.overwrite:
         raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
                         f"replace it, or choose another --out_dir")
+    fresh = {"step": 0, "history": {"train": [], "eval": []}}
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
-        model = load_model(find_checkpoint(cfg.init_from), device)
-    else:
-        model = GPT(ModelConfig(vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                block_size=cfg.block_size)).to(device)
-    return model, {"step": 0, "history": {"train": [], "eval": []}}
+        model, enc = load_model_and_tokenizer(cfg.init_from, device)
+        return model, enc, tokenizer_files(cfg.init_from), fresh
+    tokenizer_path = resolve(cfg.tokenizer)
+    enc = load_tokenizer(str(tokenizer_path))
+    model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                            block_size=cfg.block_size)).to(device)
+    return model, enc, tokenizer_path, fresh
+
+
+def encode_fitting(enc, examples, block_size):
+    """(prompt, COT) pairs of the examples that fit in block_size tokens, and how many did not."""
+    pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
+    kept = [pair for pair in pairs if fits(pair, block_size)]
+    return kept, len(pairs) - len(kept)
 
 
 def train(cfg):
     """Run VFT with `cfg`; returns the history dict (train / eval records and the final test metrics)."""
     device = pick_device(cfg.device)
-    tokenizer_path = resolve(cfg.tokenizer)
-    enc = load_tokenizer(str(tokenizer_path))
     task = task_from_config(config_to_dict(cfg))
-    train_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["train"]]
-    val_pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in task["val"][:cfg.eval_examples]]
-    longest = max(len(p) + len(c) for p, c in train_pairs)
-
-    model, state = prepare_run(cfg, device, vocab_size=enc.n_vocab)
+    model, enc, tokenizer_sources, state = prepare_run(cfg, device)
     if model.config.vocab_size < enc.n_vocab:
-        raise UserError(f"{tokenizer_path}: the tokenizer has {enc.n_vocab} tokens but the model only "
-                        f"{model.config.vocab_size}")
-    if longest > model.config.block_size:
-        raise UserError(f"the longest training pair has {longest} tokens > block_size {model.config.block_size}")
+        raise UserError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
+    block_size = model.config.block_size
+    train_pairs, too_long = encode_fitting(enc, task["train"], block_size)
+    val_pairs, val_too_long = encode_fitting(enc, task["val"][:cfg.eval_examples], block_size)
+    if too_long or val_too_long:
+        print(f"VFT: left out {too_long} of {len(task['train'])} training and {val_too_long} validation pairs "
+              f"longer than block_size {block_size}", flush=True)
+    if not train_pairs or not val_pairs:
+        raise UserError(f"no {'training' if not train_pairs else 'validation'} pair fits in block_size {block_size}")
     optimizer = make_optimizer(model, cfg, device)
     if cfg.resume:
         restore_optimizer(optimizer, cfg.out_dir)
         restore_rng(state["rng"])
     history = state["history"]
     print(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
-          f"steps {state['step']}..{cfg.max_steps}")
+          f"dtype {cfg.dtype}, steps {state['step']}..{cfg.max_steps}")
 
     def save(step):
-        save_checkpoint(cfg.out_dir, model, optimizer,
-                        {"kind": "sft", "step": step, "config": config_to_dict(cfg), "history": history},
-                        tokenizer_path=tokenizer_path)
+        nonlocal tokenizer_sources
+        directory = save_checkpoint(cfg.out_dir, model, optimizer,
+                                    {"kind": "sft", "step": step, "config": config_to_dict(cfg), "history": history},
+                                    tokenizer_files=tokenizer_sources)
+        tokenizer_sources = tokenizer_files(directory)  # the copies from now on: a resumed checkpoint.old is deleted
 
     model.train()
     start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
@@ -201,7 +215,8 @@ def train(cfg):
         for group in optimizer.param_groups:
             group["lr"] = lr
         pairs = [train_pairs[i] for i in batch_indices(step, cfg.batch_size, len(train_pairs), cfg.seed)]
-        loss, n_tokens = pair_loss(model, pairs, enc.eot_token, device)
+        with autocast(device, cfg.dtype):
+            loss, n_tokens = pair_loss(model, pairs, enc.eot_token, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -218,7 +233,8 @@ def train(cfg):
                   f"{tokens_seen / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
                   f"eta {format_seconds(eta)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
-            val = eval_loss(model, val_pairs, enc.eot_token, device, cfg.batch_size)
+            with autocast(device, cfg.dtype):
+                val = eval_loss(model, val_pairs, enc.eot_token, device, cfg.batch_size)
             history["eval"].append({"step": done, "val_loss": val})
             print(f"step {done:5d} | val loss {val:.4f}", flush=True)
         if done % cfg.save_every == 0 or done == last:
@@ -227,7 +243,8 @@ def train(cfg):
     if last == cfg.max_steps and cfg.test_questions > 0:
         model.eval()
         test = task["test"][:cfg.test_questions]
-        metrics = greedy_accuracy(model, enc, test, max_new_tokens=cfg.max_new_tokens)
+        with autocast(device, cfg.dtype):
+            metrics = greedy_accuracy(model, enc, test, max_new_tokens=cfg.max_new_tokens)
         history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
         print(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
               f"degeneration {metrics['degeneration']:.3f}", flush=True)

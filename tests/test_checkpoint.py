@@ -75,7 +75,7 @@ def tokenizer_file(tmp_path):
 def test_save_then_load_restores_model_state_and_layout(tmp_path, tokenizer_file):
     model, optimizer = trained_run()
     state = {"step": 3, "config": {"lr": 1e-2, "loss": "dpo"}, "history": [{"step": 1, "loss": 4.1}, math.inf]}
-    directory = save_checkpoint(tmp_path / "run", model, optimizer, state, tokenizer_path=tokenizer_file)
+    directory = save_checkpoint(tmp_path / "run", model, optimizer, state, tokenizer_files=tokenizer_file)
     assert directory == tmp_path / "run" / "checkpoint"
     assert {p.name for p in directory.iterdir()} == CHECKPOINT_FILES
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint"]  # no temp or old directory left
@@ -305,7 +305,7 @@ def test_state_must_be_json_safe_and_not_use_reserved_keys(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(tmp_path, model, optimizer, {"rng": 1})
     with pytest.raises(UserError, match="missing.tiktoken: tokenizer file not found"):
-        save_checkpoint(tmp_path, model, optimizer, {}, tokenizer_path=tmp_path / "missing.tiktoken")
+        save_checkpoint(tmp_path, model, optimizer, {}, tokenizer_files=tmp_path / "missing.tiktoken")
     assert list(tmp_path.iterdir()) == []  # each failed before writing anything
 
 

@@ -1,0 +1,35 @@
+"""reproduce.py: the mean +- std table, and a miniature end-to-end run that is resumable."""
+
+import json
+
+import pytest
+
+import reproduce
+from configurator import UserError
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    records = [{"method": "aft_bc", "metrics": {"t_acc": a, "a_acc": None}} for a in (0.2, 0.3, 0.4)]
+    table = reproduce.summarize(records, ["aft_bc", "rft"])
+    mean, std, n = table["aft_bc"]["t_acc"]
+    assert (mean, n) == (pytest.approx(0.3), 3) and std == pytest.approx(0.1)
+    assert "a_acc" not in table["aft_bc"] and "rft" not in table
+    assert "0.300 ± 0.100" in reproduce.format_markdown(table, reproduce.Config())
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(UserError, match="aft_xx"):
+        reproduce.run(reproduce.Config(methods="vft,aft_xx"))
+
+
+def test_miniature_run_is_resumable(tmp_path, capsys):
+    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
+                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2)
+    table = reproduce.run(cfg)
+    assert set(table) == {"vft", "aft_bc"}
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["seed"], r["method"]) for r in records] == [(0, "vft"), (0, "aft_bc")]
+    assert "| aft_bc |" in (tmp_path / "results.md").read_text()
+    capsys.readouterr()
+    reproduce.run(cfg)  # everything is done: nothing is trained again
+    assert "=== reproduce" not in capsys.readouterr().out
