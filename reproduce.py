@@ -57,10 +57,10 @@ class Config:
     out_dir: str = "out/reproduce"  # one sub-directory per seed, results.json and results.md
     eval_split: str = "test"        # "test" for the table, "val" while tuning
     vft_steps: int = 800            # VFT steps per seed (train_sft.py's default)
-    n_questions: int = 1000         # training questions with candidate groups
+    n_questions: int = 1200         # training questions with candidate groups (train_align.py default)
     k: int = 8                      # samples per question
     temperature: float = 0.8        # sampling temperature of the candidates
-    align_steps: int = 120          # steps of every alignment run (and of vft_more)
+    align_steps: int = 150          # steps of every alignment run and of vft_more (train_align.py default)
     batch_size: int = 8             # groups per alignment step
     learning_rate: float = 1e-4     # alignment learning rate
     beta: float = 0.05              # boundary margin of bc (tuned on the validation split)
