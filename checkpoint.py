@@ -252,3 +252,27 @@ def restore_optimizer(optimizer, path):
             if isinstance(group.get(key), tuple) and isinstance(value, list):
                 saved_group[key] = tuple(value)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
+    """What a training script starts from, checked before anything is written to run_dir.
+
+    With config.resume: (model, state) of run_dir's checkpoint, which must have been written by the same kind
+    of script ("sft", "align") with the same values of the `must_match` config fields. Without it: None, a
+    fresh start, refused when run_dir already holds a checkpoint unless config.overwrite is set."""
+    run_dir = Path(run_dir)
+    has_checkpoint = any((run_dir / name / "model.safetensors").is_file() for name in (CHECKPOINT, OLD))
+    if not config.resume:
+        if has_checkpoint and not config.overwrite:
+            raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                            f"replace it, or choose another --out_dir")
+        return None
+    if not has_checkpoint:
+        raise UserError(f"--resume: no checkpoint to resume in {run_dir}")
+    model, state = load_checkpoint(run_dir, device)
+    if state.get("kind") != kind:
+        raise UserError(f"--resume: {find_checkpoint(run_dir)} was not written by the {kind} trainer")
+    for key in must_match:
+        if state["config"].get(key) != getattr(config, key):
+            raise UserError(f"--resume: --{key}={getattr(config, key)} differs from the run's {state['config'].get(key)}")
+    return model, state

@@ -27,6 +27,7 @@ from configurator import UserError, main
 from data.answers import extract_answer, is_correct, is_degenerate
 from data.dataset import run_task
 from hf import load_model_and_tokenizer, model_directory
+from losses import mean_logprob
 from sample import generate
 from sequences import DTYPES, autocast, encode_pair, fits, pick_device, score_pairs
 
@@ -115,7 +116,7 @@ def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_
     texts, ids = complete(model, enc, questions, max_new_tokens, k, temperature, batch_size, generator)
     pairs = [(encode_pair(enc, questions[i // k], "")[0], ids[i]) for i in range(len(ids))]
     total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
-    scores = (total / count.clamp(min=1)).view(len(examples), k)  # (B, K) s(c)
+    scores = mean_logprob(total, count).view(len(examples), k)  # (B, K) s(c)
     answers = [extract_answer(t) for t in texts]
     gold = [extract_answer(ex["answer"]) for ex in examples]
     labels = torch.tensor([[answers[i * k + j] == gold[i] for j in range(k)] for i in range(len(examples))])
@@ -144,7 +145,7 @@ def group_scores(model, enc, groups, batch_size=128):
             correct[b, j], gold[b, j], valid[b, j] = c["correct"], c["gold"], True
     total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
     scores = torch.zeros(shape)
-    scores[valid] = (total / count.clamp(min=1)).cpu()  # row-major order, the order pairs were listed in
+    scores[valid] = mean_logprob(total, count).cpu()  # row-major order, the order pairs were listed in
     return scores, correct, gold, valid
 
 

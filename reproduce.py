@@ -47,7 +47,9 @@ METHODS = {
     "dpo": ("dpo", "none"),
     "dpo_bc": ("dpo", "bc"),
 }
-COLUMNS = ("t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gold_ppl", "degeneration")
+COLUMNS = ("t_acc", "d_t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gold_ppl", "degeneration")
+# d_t_acc: T-Acc minus the same seed's VFT T-Acc. The VFT models of different seeds differ by several points,
+# so paired differences tell methods apart where the raw means' spread cannot.
 
 
 @dataclass
@@ -118,8 +120,16 @@ def load_results(path):
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def with_deltas(records):
+    """Each record's metrics plus d_t_acc, its T-Acc minus the VFT model's of the same seed (when known)."""
+    base = {r.get("seed"): r["metrics"]["t_acc"] for r in records if r["method"] == "vft"}
+    return [{**r, "metrics": {**r["metrics"], "d_t_acc": r["metrics"]["t_acc"] - base[r.get("seed")]}}
+            if r.get("seed") in base else r for r in records]
+
+
 def summarize(records, methods):
     """{method: {column: (mean, std, n)}} over seeds."""
+    records = with_deltas(records)
     table = {}
     for method in methods:
         rows = [r["metrics"] for r in records if r["method"] == method]

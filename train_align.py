@@ -27,13 +27,13 @@ import torch
 
 import candidates as cands
 import train_sft
-from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
+from checkpoint import find_checkpoint, restore_optimizer, restore_rng, resume_or_start, save_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
 from hf import load_tokenizer_of, tokenizer_files
-from losses import (alignment_loss, dpo_loss, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
+from losses import (alignment_loss, dpo_loss, mean_logprob, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
                     sequence_logprobs)
 from model import load_model
 from sequences import DTYPES, autocast, collate, encode_pair, pick_device
@@ -191,22 +191,10 @@ def score_stats(scores, info):
 
 
 def prepare(cfg, device, vft_dir):
-    out = Path(cfg.out_dir)
-    has_checkpoint = any((out / d / "model.safetensors").is_file() for d in ("checkpoint", "checkpoint.old"))
-    if cfg.resume:
-        if not has_checkpoint:
-            raise UserError(f"--resume: no checkpoint to resume in {out}")
-        model, state = load_checkpoint(out, device)
-        if state.get("kind") != "align":
-            raise UserError(f"--resume: {find_checkpoint(out)} was not written by train_align.py")
-        for key in ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta"):
-            if state["config"][key] != getattr(cfg, key):
-                raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {state['config'][key]}")
-        return model, state
-    if has_checkpoint and not cfg.overwrite:
-        raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
-                        f"replace it, or choose another --out_dir")
-    return load_model(vft_dir, device), {"step": 0, "history": {"train": []}}
+    """(model, state): the run to resume, or the VFT model for a fresh start (checkpoint.resume_or_start)."""
+    resumed = resume_or_start(cfg.out_dir, cfg, "align",
+                              ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta"), device)
+    return resumed or (load_model(vft_dir, device), {"step": 0, "history": {"train": []}})
 
 
 def vft_task(vft_dir):
@@ -280,7 +268,7 @@ def train(cfg):
             logits, _ = model(idx)  # (N, T, V), N real candidates
             total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,) float32
         logps = to_groups(total, info["valid"])  # (B, K) S
-        scores = to_groups(total / count, info["valid"])  # (B, K) s
+        scores = to_groups(mean_logprob(total, count), info["valid"])  # (B, K) s
         loss, parts = alignment_objective(cfg, scores, logps, info)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import find_checkpoint, load_checkpoint, restore_optimizer, restore_rng, save_checkpoint
+from checkpoint import resume_or_start, restore_optimizer, restore_rng, save_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
 from hf import load_model_and_tokenizer, load_tokenizer_of, tokenizer_files
-from losses import nll_loss, sequence_logprobs
+from losses import mean_logprob, nll_loss, sequence_logprobs
 from model import GPT, ModelConfig, num_params
 from sequences import DTYPES, autocast, collate, encode_pair, fits, pick_device
 from tokenizer import load_tokenizer
@@ -119,7 +119,7 @@ def pair_loss(model, pairs, pad_id, device):
     idx, targets, mask = collate(pairs, pad_id, device)
     logits, _ = model(idx)  # (B, T, V)
     total, count = sequence_logprobs(logits, targets, mask)  # (B,), (B,)
-    scores = total / count  # (B,) s(c)
+    scores = mean_logprob(total, count)  # (B,) s(c)
     return nll_loss(scores, torch.ones_like(scores, dtype=torch.bool)), int(count.sum())
 
 
@@ -137,27 +137,20 @@ def format_seconds(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+# a resumed run must keep these, or it would not continue the same run
+RESUME_MUST_MATCH = ("max_steps", "batch_size", "seed", "learning_rate", "dataset", "data_dir", "n_train", "data_seed",
+                     "min_chain_steps", "max_chain_steps", "max_factor", "max_number")
+
+
 def prepare_run(cfg, device):
     """Validate everything and build (model, tokenizer, tokenizer files, state) before anything is written to
     out_dir: a resumed run's own checkpoint; the --init_from model with its own tokenizer; or a fresh model over
     the --tokenizer rank file, whose vocabulary is the tokenizer's (its ranks plus end-of-text)."""
     out = Path(cfg.out_dir)
-    has_checkpoint = any((out / name / "model.safetensors").is_file() for name in ("checkpoint", "checkpoint.old"))
-    if cfg.resume:
-        if not has_checkpoint:
-            raise UserError(f"--resume: no checkpoint to resume in {out}")
-        model, state = load_checkpoint(out, device)
-        if state.get("kind") != "sft":
-            raise UserError(f"--resume: {find_checkpoint(out)} was not written by train_sft.py")
-        saved = state["config"]
-        for key in ("max_steps", "batch_size", "seed", "learning_rate", "dataset", "data_dir", "n_train", "data_seed",
-                    "min_chain_steps", "max_chain_steps", "max_factor", "max_number"):
-            if saved[key] != getattr(cfg, key):
-                raise UserError(f"--resume: --{key}={getattr(cfg, key)} differs from the run's {saved[key]}")
+    resumed = resume_or_start(out, cfg, "sft", RESUME_MUST_MATCH, device)
+    if resumed:
+        model, state = resumed
         return model, load_tokenizer_of(out), tokenizer_files(out), state  # the checkpoint's own tokenizer
-    if has_checkpoint and not cfg.overwrite:
-        raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, --overwrite to "
-                        f"replace it, or choose another --out_dir")
     fresh = {"step": 0, "history": {"train": [], "eval": []}}
     torch.manual_seed(cfg.seed)
     if cfg.init_from:

@@ -99,3 +99,5 @@ def test_tiny_alignment_run(vft_run, loss, constraint):
     assert {"t_acc", "a_acc_train"} <= set(history["metrics"]["aligned"])
     with pytest.raises(UserError, match="already holds a checkpoint"):
         train(replace(cfg))
+    with pytest.raises(UserError, match="not written by the sft trainer"):
+        train_sft(tiny_config(vft_run, out_dir=cfg.out_dir, resume=True))

@@ -17,6 +17,13 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "0.300 ± 0.100" in reproduce.format_markdown(table, reproduce.Config())
 
 
+def test_paired_difference_to_the_same_seeds_vft():
+    records = [{"seed": s, "method": m, "metrics": {"t_acc": t}}
+               for s, m, t in ((0, "vft", 0.2), (0, "rft", 0.25), (1, "vft", 0.4), (1, "rft", 0.47))]
+    mean, std, n = reproduce.summarize(records, ["rft"])["rft"]["d_t_acc"]
+    assert (mean, n) == (pytest.approx(0.06), 2) and std == pytest.approx(0.01 * 2 ** 0.5)
+
+
 def test_unknown_method_is_refused():
     with pytest.raises(UserError, match="aft_xx"):
         reproduce.run(reproduce.Config(methods="vft,aft_xx"))
