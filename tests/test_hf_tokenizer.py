@@ -13,6 +13,7 @@ import pytest
 import regex
 
 from configurator import UserError
+from data.synth import make_split
 from hf_tokenizer import (
     GPT2_PATTERN,
     LLAMA3_PATTERN,
@@ -37,9 +38,10 @@ INLINE = [
 
 
 def gsm8k_texts(n=400):
-    """Question + answer of the first n GSM8K training problems, or a few inline ones without the data."""
+    """Question + answer of the first n GSM8K training problems; without the data, n problems of the built-in
+    task, which are written in GSM8K's format."""
     if not GSM8K.is_file():
-        return INLINE * 20
+        return [row["question"] + "\n" + row["answer"] for row in make_split(n, seed=0)] + INLINE
     with open(GSM8K) as f:
         rows = [json.loads(line) for _, line in zip(range(n), f)]
     return [row["question"] + "\n" + row["answer"] for row in rows]
