@@ -178,6 +178,12 @@ def find_checkpoint(path):
                     f"in {path / CHECKPOINT} or in {path / OLD})")
 
 
+def has_checkpoint(path):
+    """Whether find_checkpoint(path) would find a model."""
+    path = Path(path)
+    return any((candidate / "model.safetensors").is_file() for candidate in (path, path / CHECKPOINT, path / OLD))
+
+
 def _required(directory, name):
     path = directory / name
     if not path.is_file():

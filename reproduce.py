@@ -27,10 +27,10 @@ from pathlib import Path
 import candidates as cands
 import train_align
 import train_sft
-from checkpoint import find_checkpoint
+from checkpoint import find_checkpoint, has_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import run_task
-from tokenizer import load_tokenizer
+from hf import load_tokenizer_of
 
 METHODS = {
     "vft": None,
@@ -82,7 +82,7 @@ def parse_list(text, valid, flag):
 def seed_prerequisites(cfg, seed, root):
     """The VFT run and candidate groups of one seed, built when missing."""
     vft_dir = root / "vft"
-    if not (vft_dir / "checkpoint" / "model.safetensors").is_file():
+    if not has_checkpoint(vft_dir):
         train_sft.train(train_sft.Config(out_dir=str(vft_dir), seed=seed, max_steps=cfg.vft_steps,
                                          test_questions=0, overwrite=True))
     cand_path = vft_dir / "candidates.jsonl"
@@ -108,7 +108,7 @@ def run_method(cfg, method, seed, vft_dir, cand_path, root):
         train_align.check_config(acfg)
         groups, header = cands.load_groups(cand_path, vft_dir)
         directory = find_checkpoint(vft_dir)
-        enc = load_tokenizer(str(directory / "tokenizer.tiktoken"))
+        enc = load_tokenizer_of(directory)  # the run's own tokenizer, ours or a Hugging Face one
         task = run_task(directory)
         return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc,
                                        task[cfg.eval_split], groups[:cfg.k_questions],

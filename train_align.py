@@ -27,9 +27,9 @@ import torch
 
 import candidates as cands
 import train_sft
-from checkpoint import find_checkpoint, restore_optimizer, restore_rng, resume_or_start, save_checkpoint
+from checkpoint import find_checkpoint, has_checkpoint, restore_optimizer, restore_rng, resume_or_start, save_checkpoint
 from configurator import UserError, config_to_dict, main
-from data.dataset import run_task
+from data.dataset import run_config, run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
 from hf import load_tokenizer_of, tokenizer_files
@@ -107,8 +107,7 @@ def check_config(cfg):
 def ensure_prerequisites(cfg):
     """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
     vft_dir = Path(cfg.vft)
-    if not any((vft_dir / d / "model.safetensors").is_file() for d in ("checkpoint", "checkpoint.old")) \
-            and not (vft_dir / "model.safetensors").is_file():
+    if not has_checkpoint(vft_dir):
         print(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
               f"--out_dir={vft_dir})", flush=True)
         train_sft.train(train_sft.Config(out_dir=str(vft_dir)))
@@ -200,8 +199,7 @@ def prepare(cfg, device, vft_dir):
 def vft_task(vft_dir):
     """The task fields of the VFT run's config. They are saved in the aligned run's config too, so that
     evaluate.py and candidates.py find the same task for the aligned model (data.dataset.run_task)."""
-    trainer = Path(vft_dir) / "trainer.json"
-    saved = json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
+    saved = run_config(vft_dir)
     return {key: saved[key] for key in TASK_FIELDS if key in saved}
 
 

@@ -124,10 +124,15 @@ def task_from_config(config):
                      seed=config.get("data_seed", 0), n_train=config.get("n_train"), difficulty=difficulty)
 
 
-def run_task(model_dir, dataset="synth", data_dir=""):
-    """The task the checkpoint in `model_dir` was trained on (its trainer.json config says which), so that
-    candidates and evaluations use the same training and test questions. A directory without a training
-    config (a Hugging Face model, say) falls back to the given dataset and data_dir."""
+def run_config(model_dir):
+    """The training config saved with the checkpoint in `model_dir` (its trainer.json), or {} when there is none
+    (a Hugging Face model, a model saved on its own)."""
     trainer = Path(model_dir) / "trainer.json"
-    saved = json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
-    return task_from_config(saved or {"dataset": dataset, "data_dir": data_dir})
+    return json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
+
+
+def run_task(model_dir, dataset="synth", data_dir=""):
+    """The task the checkpoint in `model_dir` was trained on (its saved config says which), so that
+    candidates and evaluations use the same training and test questions. A directory without a training
+    config falls back to the given dataset and data_dir."""
+    return task_from_config(run_config(model_dir) or {"dataset": dataset, "data_dir": data_dir})
