@@ -15,6 +15,10 @@ A sample cut at max_new_tokens has no final answer, so it is labelled wrong: a n
 right for a chain that loops, wrong for one that was merely long, so the summary reports the share cut
 (`cut_share`) and a warning asks for a larger budget when it is high. Questions whose reference chain does not
 fit in the model's context are left out, with a count.
+
+Under torchrun (`torchrun --nproc_per_node=8 candidates.py ...`) every process loads the model, samples every
+world_size-th question with its own random stream (seed + rank), and rank 0 gathers the groups back into question
+order and writes the file (distributed.py).
 """
 
 import hashlib
@@ -26,12 +30,13 @@ from pathlib import Path
 
 import torch
 
+import distributed
 from configurator import UserError, config_to_dict, main
 from data.answers import grade, is_correct
 from data.dataset import run_task
 from evaluate import complete
 from hf import load_model_and_tokenizer, model_directory, tokenizer_files, weight_files
-from sequences import DTYPES, autocast, encode_pair, fits, pick_device, score_pairs
+from sequences import DTYPES, autocast, encode_pair, fits, score_pairs
 
 
 @dataclass
@@ -101,7 +106,7 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, add_gold=
             groups.append({"question": ex["question"], "answer": ex["answer"], "candidates": cands,
                            "samples_correct": raw_correct, "samples": k, "samples_cut": cut})
         done = start + len(chunk)
-        if (log_every and (done // per_batch) % log_every == 0) or done == len(examples):
+        if log_every and ((done // per_batch) % log_every == 0 or done == len(examples)):
             elapsed = time.time() - t0
             print(f"candidates: {done}/{len(examples)} questions | elapsed {elapsed:.0f}s | "
                   f"eta {elapsed / done * (len(examples) - done):.0f}s", flush=True)
@@ -166,9 +171,15 @@ def summarize(groups):
             "cut_share": sum(g["samples_cut"] for g in groups) / (k * len(groups))}  # cut at max_new_tokens
 
 
+def interleave(shards):
+    """Undo the round-robin split: shards[r] holds items r, r + W, r + 2W, ... of a list (W = len(shards))."""
+    return [shard[j] for j in range(max(map(len, shards))) for shard in shards if j < len(shard)]
+
+
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
-    device = pick_device(cfg.device)
+    device = distributed.init(cfg.device)
+    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
@@ -176,23 +187,29 @@ def build(cfg):
     first = task["train"][:cfg.n_questions]
     examples = [ex for ex in first if fits(encode_pair(enc, ex["question"], ex["answer"]), block_size)]
     if len(examples) < len(first):
-        print(f"candidates: left out {len(first) - len(examples)} of {len(first)} questions: question and "
-              f"reference chain are longer than block_size {block_size}", flush=True)
+        log(f"candidates: left out {len(first) - len(examples)} of {len(first)} questions: question and "
+            f"reference chain are longer than block_size {block_size}", flush=True)
     if not examples:
         raise UserError(f"{directory}: no training question fits in the model's block_size of {block_size}")
-    print(f"candidates: sampling k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training "
-          f"questions with {directory}", flush=True)
+    log(f"candidates: sampling k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training "
+        f"questions with {directory}" + (f", {distributed.world_size()} processes" if distributed.world_size() > 1
+                                         else ""), flush=True)
+    shard = examples[distributed.rank()::distributed.world_size()]
     with autocast(device, cfg.dtype):
-        groups = build_groups(model, enc, examples, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.add_gold,
-                              cfg.batch_size, cfg.seed, log_every=5)
+        groups = build_groups(model, enc, shard, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.add_gold,
+                              cfg.batch_size, cfg.seed + 1_000_003 * distributed.rank(),
+                              log_every=5 if distributed.is_main() else 0)
+    groups = interleave(distributed.gather_json(groups))
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(cfg), "summary": summarize(groups)}
     path = candidates_path(cfg)
-    save_groups(path, groups, header)
-    print(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)
+    if distributed.is_main():
+        save_groups(path, groups, header)
+    distributed.barrier()  # the file exists for every rank from here on
+    log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)
     if header["summary"]["cut_share"] > 0.05:
-        print(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
-              f"max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger --max_new_tokens",
-              flush=True)
+        log(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
+            f"max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger --max_new_tokens",
+            flush=True)
     return groups, header
 
 

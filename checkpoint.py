@@ -87,9 +87,8 @@ def _fsync(path):
         os.close(fd)
 
 
-def _optimizer_tensors(optimizer):
+def _optimizer_tensors(state_dict):
     """(the flat {"state.<param>.<name>": tensor} dict, the param_groups) of an optimizer's state_dict."""
-    state_dict = optimizer.state_dict()
     tensors = {}
     for param_id, param_state in state_dict["state"].items():
         for name, value in param_state.items():
@@ -109,9 +108,12 @@ def _tokenizer_copies(tokenizer_files):
     return {Path(path).name: Path(path) for path in tokenizer_files}
 
 
-def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None):
+def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None, weights=None, optimizer_state=None):
     """Write model, optimizer, RNG states and the trainer's JSON-safe `state` dict to run_dir/checkpoint,
     replacing the previous checkpoint atomically. Returns the checkpoint directory.
+
+    weights, optimizer_state: the full state dicts to write instead of the live ones, when those are sharded
+    across processes (distributed.full_state gathers them; `model` then only supplies its config).
 
     tokenizer_files: the tokenizer the model was trained with, copied in so that the checkpoint is complete on
     its own (hf.load_model_and_tokenizer reads it back): one rank file, stored as tokenizer.tiktoken whatever
@@ -125,7 +127,8 @@ def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None):
     for source in copies.values():
         if not source.is_file():
             raise UserError(f"{source}: tokenizer file not found")
-    optimizer_tensors, param_groups = _optimizer_tensors(optimizer)
+    optimizer_tensors, param_groups = _optimizer_tensors(
+        optimizer.state_dict() if optimizer_state is None else optimizer_state)
     rng = capture_rng()
     # Serialise before touching the disk, so a state that is not JSON-safe fails with nothing half-written.
     try:
@@ -140,7 +143,7 @@ def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None):
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a crash in the middle of an earlier save: never a checkpoint we need
     tmp.mkdir()
-    save_model(model, tmp)
+    save_model(model, tmp, weights)
     save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
     save_file(rng_tensors, str(tmp / RNG_FILE))
     (tmp / TRAINER_FILE).write_text(trainer_json + "\n")
@@ -226,6 +229,11 @@ def load_checkpoint(path, device="cpu"):
 def restore_optimizer(optimizer, path):
     """Load the optimizer state saved at `path` into `optimizer`, which must be built over the same parameters in
     the same groups and order (tensors move to the parameters' devices)."""
+    optimizer.load_state_dict(read_optimizer_state(optimizer, path))
+
+
+def read_optimizer_state(optimizer, path):
+    """The optimizer state_dict saved at `path`, checked against `optimizer`'s parameter groups and shapes."""
     directory = find_checkpoint(path)
     trainer_path, saved = _read_trainer_json(directory)
     tensors_path = _required(directory, OPTIMIZER_FILE)
@@ -257,7 +265,7 @@ def restore_optimizer(optimizer, path):
         for key, value in saved_group.items():  # JSON turned tuples such as Adam's betas into lists
             if isinstance(group.get(key), tuple) and isinstance(value, list):
                 saved_group[key] = tuple(value)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def resume_or_start(run_dir, config, kind, must_match, device="cpu"):

@@ -84,6 +84,12 @@ def _ordered_pairs(grades, valid):
     return both_valid & (grades[:, :, None] > grades[:, None, :])
 
 
+def questions_with_pair(grades, valid):
+    """(B,) bool: the questions holding at least one ordered pair, the ones each preference loss here averages
+    over (a trainer that splits a batch weighs its parts by these counts). Binary labels are grades 1 / 0."""
+    return _ordered_pairs(grades, valid).flatten(1).any(dim=1)
+
+
 def _mean_over_groups(group_loss, has_pair):
     """Mean of group_loss (B,) over the questions where has_pair (B,) is True; a graph-attached 0 if there are none."""
     return torch.where(has_pair, group_loss, 0.0).sum() / has_pair.sum().clamp(min=1)

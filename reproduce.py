@@ -31,6 +31,7 @@ from checkpoint import find_checkpoint, has_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import run_task
 from hf import load_tokenizer_of
+from sequences import pick_device
 
 METHODS = {
     "vft": None,
@@ -112,7 +113,7 @@ def run_method(cfg, method, seed, vft_dir, cand_path, root):
         task = run_task(directory)
         return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc,
                                        task[cfg.eval_split], groups[:cfg.k_questions],
-                                       train_sft.pick_device("auto"))
+                                       pick_device("auto"))
     return train_align.train(acfg)["metrics"]["aligned"]
 
 

@@ -26,17 +26,18 @@ from pathlib import Path
 import torch
 
 import candidates as cands
+import distributed
 import train_sft
-from checkpoint import find_checkpoint, has_checkpoint, restore_optimizer, restore_rng, resume_or_start, save_checkpoint
+from checkpoint import find_checkpoint, has_checkpoint, read_optimizer_state, restore_rng, resume_or_start, save_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import run_config, run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
 from hf import load_tokenizer_of, tokenizer_files
-from losses import (alignment_loss, dpo_loss, mean_logprob, nll_loss, pro_loss, ranking_alignment_loss, rrhf_loss,
-                    sequence_logprobs)
+from losses import (alignment_loss, dpo_loss, mean_logprob, nll_loss, pro_loss, questions_with_pair,
+                    ranking_alignment_loss, rrhf_loss, sequence_logprobs)
 from model import load_model
-from sequences import DTYPES, autocast, collate, encode_pair, pick_device
+from sequences import DTYPES, autocast, collate, encode_pair
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
 # The fields of a train_sft.py config that say which task it is (data.dataset.task_from_config reads them).
@@ -68,6 +69,11 @@ class Config:
     weight_decay: float = 0.0       # AdamW decay on matrices
     grad_clip: float = 1.0          # max gradient norm (0 = off)
     max_candidates: int = 9         # candidates per group at most (gold first, then samples)
+    grad_accum: int = 1             # micro-batches per step in each process (batch_size = processes x grad_accum x micro)
+    # scale and speed (distributed.py)
+    parallel: str = "ddp"           # under torchrun: "ddp" (each process a full replica) or "fsdp" (sharded)
+    checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
+    compile: bool = False           # torch.compile the model (~40 s to compile on a CPU; pays off on GPUs)
     # bookkeeping
     out_dir: str = ""               # "" = out/align-<loss>-<constraint>
     log_every: int = 25             # steps between progress lines
@@ -104,46 +110,50 @@ def check_config(cfg):
     return cfg
 
 
-def ensure_prerequisites(cfg):
+def ensure_prerequisites(cfg, log=print):
     """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
     vft_dir = Path(cfg.vft)
     if not has_checkpoint(vft_dir):
-        print(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
+        log(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
               f"--out_dir={vft_dir})", flush=True)
         train_sft.train(train_sft.Config(out_dir=str(vft_dir)))
     path = Path(cfg.candidates) if cfg.candidates else vft_dir / "candidates.jsonl"
     if not path.is_file():
-        print(f"prerequisite: no candidates at {path}; sampling them (python candidates.py --ckpt={vft_dir})",
+        log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py --ckpt={vft_dir})",
               flush=True)
         cands.build(cands.Config(ckpt=str(vft_dir), out=str(path), n_questions=cfg.n_questions, k=cfg.k,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                  device=cfg.device, dtype=cfg.dtype))
     groups, header = cands.load_groups(path, vft_dir)
-    print(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
+    log(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
     return groups, header
 
 
-def group_batch(groups, enc, max_candidates, device):
-    """Tensors for one step over B groups of at most K candidates. Only real candidates become rows (no
-    padding rows are computed); `info["valid"]` (B, K) says where each row's score goes.
-    Returns (idx, targets, mask) over the rows, and a dict of (B, K) tensors: valid, correct, grades, gold,
-    reference S."""
+def group_labels(groups, max_candidates):
+    """(B, K) tensors describing B groups of at most K candidates (gold first): valid, correct, grades, gold, and
+    the reference S of each candidate (ref_logps)."""
     B, K = len(groups), max_candidates
-    pairs, info = [], {name: torch.zeros(B, K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
+    info = {name: torch.zeros(B, K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
     for b, group in enumerate(groups):
-        prompt = encode_pair(enc, group["question"], "")[0]
         for j, c in enumerate(group["candidates"][:K]):
-            pairs.append((prompt, c["ids"]))
             info["valid"][b, j] = 1
             info["correct"][b, j] = float(c["correct"])
             info["grades"][b, j] = c["grade"]
             info["gold"][b, j] = float(c["gold"])
             info["ref_logps"][b, j] = c["sum_logp"]
-    idx, targets, mask = collate(pairs, enc.eot_token, device)
-    info = {k: v.to(device) for k, v in info.items()}
     for name in ("valid", "correct", "gold"):
         info[name] = info[name].bool()
-    return (idx, targets, mask), info
+    return info
+
+
+def group_batch(groups, enc, max_candidates, device):
+    """Tensors for one step over B groups of at most K candidates. Only real candidates become rows (no
+    padding rows are computed); `info["valid"]` (B, K) says where each row's score goes.
+    Returns (idx, targets, mask) over the rows, and the (B, K) tensors of `group_labels`."""
+    pairs = [(encode_pair(enc, group["question"], "")[0], c["ids"])
+             for group in groups for c in group["candidates"][:max_candidates]]
+    idx, targets, mask = collate(pairs, enc.eot_token, device)
+    return (idx, targets, mask), {k: v.to(device) for k, v in group_labels(groups, max_candidates).items()}
 
 
 def to_groups(values, valid):
@@ -152,17 +162,20 @@ def to_groups(values, valid):
     return torch.zeros(valid.shape, dtype=values.dtype, device=values.device).masked_scatter(valid, values)
 
 
+def nll_selection(cfg, info):
+    """The candidates L_NLL is a mean over: the gold chain (vft, or --nll_on=gold), else gold + positives."""
+    if cfg.loss == "vft" or (cfg.loss != "rft" and cfg.nll_on == "gold"):
+        return info["valid"] & info["gold"]
+    return info["valid"] & (info["gold"] | info["correct"])
+
+
 def alignment_objective(cfg, scores, logps, info):
     """The training loss of cfg.loss and its parts (for logging). scores s and logps S are (B, K)."""
-    valid, correct, grades, gold = info["valid"], info["correct"], info["grades"], info["gold"]
-    nll_mask = valid & (gold if cfg.nll_on == "gold" else (gold | correct))
+    valid, correct, grades = info["valid"], info["correct"], info["grades"]
     parts = {}
-    if cfg.loss == "vft":
-        parts["nll"] = nll_loss(scores, valid & gold)
-    elif cfg.loss == "rft":
-        parts["nll"] = nll_loss(scores, valid & (gold | correct))
-    elif cfg.loss in ("aft", "aft_rank"):
-        parts["nll"] = nll_loss(scores, nll_mask)
+    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):
+        parts["nll"] = nll_loss(scores, nll_selection(cfg, info))
+    if cfg.loss in ("aft", "aft_rank"):
         if cfg.loss == "aft":
             ca = alignment_loss(scores, correct.float(), valid, cfg.constraint, cfg.beta)
         else:
@@ -176,6 +189,19 @@ def alignment_objective(cfg, scores, logps, info):
         parts["dpo"] = dpo_loss(logps, info["ref_logps"], grades, valid, cfg.beta_dpo, cfg.constraint,
                                 scores=scores, beta=cfg.beta)
     return sum(parts.values()), parts
+
+
+def part_sizes(cfg, info):
+    """How many items each part of alignment_objective is a mean over: selected candidates for L_NLL, questions
+    with an ordered pair for a preference term. A batch split into micro-batches (gradient accumulation, several
+    processes) weighs each micro-batch's part by its share of these, which recombines the whole batch's loss."""
+    sizes = {}
+    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):
+        sizes["nll"] = int(nll_selection(cfg, info).sum())
+    if cfg.loss in ("aft", "aft_rank", "rrhf", "pro", "dpo"):
+        grades = info["correct"].float() if cfg.loss == "aft" else info["grades"]
+        sizes["ca" if cfg.loss in ("aft", "aft_rank") else cfg.loss] = int(questions_with_pair(grades, info["valid"]).sum())
+    return sizes
 
 
 def score_stats(scores, info):
@@ -232,70 +258,99 @@ def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
 
 
 def train(cfg):
-    """Align the VFT model with cfg.loss; returns the history (train records and final metrics)."""
+    """Align the VFT model with cfg.loss; returns the history (train records and final metrics).
+    Under torchrun every process trains its share of each batch (distributed.py); only rank 0 prints, saves and
+    evaluates."""
     cfg = check_config(cfg)
-    device = pick_device(cfg.device)
-    groups, header = ensure_prerequisites(cfg)
+    device = distributed.init(cfg.device)
+    distributed.check_batch(cfg.batch_size, cfg.grad_accum)
+    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
+    groups, header = ensure_prerequisites(cfg, log)
     vft_dir = find_checkpoint(cfg.vft)
     enc, tokenizer_sources = load_tokenizer_of(vft_dir), tokenizer_files(vft_dir)
     model, state = prepare(cfg, device, vft_dir)
+    model, trainee = train_sft.prepare_model(model, cfg, device)
     optimizer = train_sft.make_optimizer(model, cfg, device)
     if cfg.resume:
-        restore_optimizer(optimizer, cfg.out_dir)
+        distributed.load_optimizer_state(model, optimizer, read_optimizer_state(optimizer, cfg.out_dir))
         restore_rng(state["rng"])
     history = state["history"]
-    print(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
-          f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
+    log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
+        f"{distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
+        f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
 
-    def save(step):
-        save_checkpoint(cfg.out_dir, model, optimizer,
-                        {"kind": "align", "step": step, "config": {**config_to_dict(cfg), **vft_task(vft_dir)},
-                         "history": history,
-                         "candidates_fingerprint": header["fingerprint"]}, tokenizer_files=tokenizer_sources)
+    def save(step, full=None):
+        """Checkpoint from rank 0; returns the full (weights, optimizer state) so a later save can reuse them."""
+        full = full or distributed.full_state(model, optimizer)
+        if distributed.is_main():
+            save_checkpoint(cfg.out_dir, distributed.unwrap(model), optimizer,
+                            {"kind": "align", "step": step, "config": {**config_to_dict(cfg), **vft_task(vft_dir)},
+                             "history": history, "candidates_fingerprint": header["fingerprint"]},
+                            tokenizer_files=tokenizer_sources, weights=full[0], optimizer_state=full[1])
+        return full
 
     model.train()
     start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
-    t0 = time.time()
+    t0, full = time.time(), None
     for step in range(start_step, last):
         lr = train_sft.learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
-        (idx, targets, mask), info = group_batch(batch, enc, cfg.max_candidates, device)
-        with autocast(device, cfg.dtype):
-            logits, _ = model(idx)  # (N, T, V), N real candidates
-            total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,) float32
-        logps = to_groups(total, info["valid"])  # (B, K) S
-        scores = to_groups(mean_logprob(total, count), info["valid"])  # (B, K) s
-        loss, parts = alignment_objective(cfg, scores, logps, info)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        totals = part_sizes(cfg, group_labels(batch, cfg.max_candidates))  # over the whole (global) batch
+        micro = distributed.micro_batches(batch, cfg.grad_accum)
+        step_parts, seen = {}, []
+        for m, chunk in enumerate(micro):
+            (idx, targets, mask), info = group_batch(chunk, enc, cfg.max_candidates, device)
+            with distributed.gradient_sync(model, m == len(micro) - 1):
+                with autocast(device, cfg.dtype):
+                    logits, _ = trainee(idx)  # (N, T, V), N real candidates
+                    total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,) float32
+                logps = to_groups(total, info["valid"])  # (b, K) S
+                scores = to_groups(mean_logprob(total, count), info["valid"])  # (b, K) s
+                _, parts = alignment_objective(cfg, scores, logps, info)
+                sizes = part_sizes(cfg, info)
+                sum(parts[name] * distributed.scale(sizes[name], totals[name]) for name in parts).backward()
+            for name, value in parts.items():  # this micro-batch's share of the whole batch's part
+                share = value.detach() * sizes[name] / max(totals[name], 1)
+                step_parts[name] = step_parts.get(name, 0) + share
+            seen.append(torch.stack([scores.detach(), info["valid"].float(), info["correct"].float()]))  # (3, b, K)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        if done % cfg.log_every == 0 or done == last:
+        if done % cfg.log_every == 0 or done == last:  # every rank: the sums below are collectives
+            names = sorted(step_parts)
+            sums = distributed.sum_across(torch.stack([step_parts[name].float() for name in names]))
+            parts_all = dict(zip(names, sums.tolist()))
+            scores_all, valid_all, correct_all = distributed.gather_rows(torch.cat(seen, dim=1).transpose(0, 1)).transpose(0, 1)
             elapsed = time.time() - t0
             eta = elapsed / (done - start_step) * (last - done)
-            record = {"step": done, "loss": loss.item(), **{k: v.item() for k, v in parts.items()},
-                      **score_stats(scores, info), "lr": lr}
+            record = {"step": done, "loss": sum(parts_all.values()), **parts_all,
+                      **score_stats(scores_all, {"valid": valid_all.bool(), "correct": correct_all.bool()}), "lr": lr}
             history["train"].append(record)
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
-            print(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
-                  f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
+            log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
+                f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
         if done % cfg.save_every == 0 or done == last:
-            save(done)
+            full = save(done)
 
     if last == cfg.max_steps and cfg.test_questions > 0:
-        model.eval()
+        full = full or distributed.full_state(model, optimizer)  # a collective: before rank 0 goes on alone
+    if last == cfg.max_steps and cfg.test_questions > 0 and distributed.is_main():
+        # rank 0 alone: the plain model, or under FSDP the full one saved
+        plain = load_model(find_checkpoint(cfg.out_dir), device) if distributed.is_sharded(model) else distributed.unwrap(model)
+        plain.eval()
         task = run_task(vft_dir)
         test, train_groups = task[cfg.eval_split], groups[:cfg.k_questions]
-        aligned = all_metrics(model, enc, test, train_groups, cfg)
+        aligned = all_metrics(plain, enc, test, train_groups, cfg)
         before = vft_metrics(vft_dir, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
         history["metrics"] = {"vft": before, "aligned": aligned}
-        print(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
-        save(last)
+        log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
+        save(last, full)
+    distributed.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history
 
 

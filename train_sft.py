@@ -26,14 +26,15 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import resume_or_start, restore_optimizer, restore_rng, save_checkpoint
+import distributed
+from checkpoint import find_checkpoint, read_optimizer_state, restore_rng, resume_or_start, save_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
 from hf import load_model_and_tokenizer, load_tokenizer_of, tokenizer_files
 from losses import mean_logprob, nll_loss, sequence_logprobs
-from model import GPT, ModelConfig, num_params
-from sequences import DTYPES, autocast, collate, encode_pair, fits, pick_device
+from model import GPT, ModelConfig, load_model, num_params
+from sequences import DTYPES, autocast, collate, encode_pair, fits
 from tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parent
@@ -65,6 +66,11 @@ class Config:
     warmup_steps: int = 100         # linear warm-up steps
     weight_decay: float = 0.1       # AdamW decay on matrices and embeddings (not norms or biases)
     grad_clip: float = 1.0          # max global gradient norm (0 = off)
+    grad_accum: int = 1             # micro-batches per step in each process (batch_size = processes x grad_accum x micro)
+    # scale and speed (distributed.py)
+    parallel: str = "ddp"           # under torchrun: "ddp" (each process a full replica) or "fsdp" (sharded)
+    checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
+    compile: bool = False           # torch.compile the model (~40 s to compile on a CPU; pays off on GPUs)
     # bookkeeping
     out_dir: str = "out/vft"        # run directory: checkpoint/, history.json
     log_every: int = 50             # steps between progress lines
@@ -105,6 +111,15 @@ def learning_rate(step, cfg):
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.learning_rate - cfg.min_lr)
+
+
+def prepare_model(model, cfg, device):
+    """(model, trainee): the model with activation checkpointing as asked, under DDP or FSDP when launched by
+    torchrun; and what the training forwards go through, the same or its torch.compile'd version. Only training
+    is compiled: generation's ever-changing shapes would recompile at every step."""
+    model.checkpoint_activations = cfg.checkpoint_activations
+    model = distributed.wrap(model, cfg.parallel, device)
+    return model, (torch.compile(model) if cfg.compile else model)
 
 
 def make_optimizer(model, cfg, device):
@@ -171,8 +186,12 @@ def encode_fitting(enc, examples, block_size):
 
 
 def train(cfg):
-    """Run VFT with `cfg`; returns the history dict (train / eval records and the final test metrics)."""
-    device = pick_device(cfg.device)
+    """Run VFT with `cfg`; returns the history dict (train / eval records and the final test metrics).
+    Under torchrun every process trains its share of each batch (distributed.py); only rank 0 prints, saves and
+    measures the final test accuracy."""
+    device = distributed.init(cfg.device)
+    distributed.check_batch(cfg.batch_size, cfg.grad_accum)
+    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     task = task_from_config(config_to_dict(cfg))
     model, enc, tokenizer_sources, state = prepare_run(cfg, device)
     if model.config.vocab_size < enc.n_vocab:
@@ -181,67 +200,87 @@ def train(cfg):
     train_pairs, too_long = encode_fitting(enc, task["train"], block_size)
     val_pairs, val_too_long = encode_fitting(enc, task["val"][:cfg.eval_examples], block_size)
     if too_long or val_too_long:
-        print(f"VFT: left out {too_long} of {len(task['train'])} training and {val_too_long} validation pairs "
-              f"longer than block_size {block_size}", flush=True)
+        log(f"VFT: left out {too_long} of {len(task['train'])} training and {val_too_long} validation pairs "
+            f"longer than block_size {block_size}", flush=True)
     if not train_pairs or not val_pairs:
         raise UserError(f"no {'training' if not train_pairs else 'validation'} pair fits in block_size {block_size}")
+    log(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
+        f"dtype {cfg.dtype}, {distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
+        f"steps {state['step']}..{cfg.max_steps}")
+    model, trainee = prepare_model(model, cfg, device)
     optimizer = make_optimizer(model, cfg, device)
     if cfg.resume:
-        restore_optimizer(optimizer, cfg.out_dir)
+        distributed.load_optimizer_state(model, optimizer, read_optimizer_state(optimizer, cfg.out_dir))
         restore_rng(state["rng"])
     history = state["history"]
-    print(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
-          f"dtype {cfg.dtype}, steps {state['step']}..{cfg.max_steps}")
 
-    def save(step):
+    def save(step, full=None):
+        """Checkpoint from rank 0; returns the full (weights, optimizer state) so a later save can reuse them."""
         nonlocal tokenizer_sources
-        directory = save_checkpoint(cfg.out_dir, model, optimizer,
-                                    {"kind": "sft", "step": step, "config": config_to_dict(cfg), "history": history},
-                                    tokenizer_files=tokenizer_sources)
-        tokenizer_sources = tokenizer_files(directory)  # the copies from now on: a resumed checkpoint.old is deleted
+        full = full or distributed.full_state(model, optimizer)
+        if distributed.is_main():
+            directory = save_checkpoint(cfg.out_dir, distributed.unwrap(model), optimizer,
+                                        {"kind": "sft", "step": step, "config": config_to_dict(cfg),
+                                         "history": history},
+                                        tokenizer_files=tokenizer_sources, weights=full[0], optimizer_state=full[1])
+            tokenizer_sources = tokenizer_files(directory)  # the copies from now on: a resumed checkpoint.old is deleted
+        return full
 
     model.train()
     start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
-    t0, tokens_seen = time.time(), 0
+    t0, tokens_seen, full = time.time(), 0, None
     for step in range(start_step, last):
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pairs = [train_pairs[i] for i in batch_indices(step, cfg.batch_size, len(train_pairs), cfg.seed)]
-        with autocast(device, cfg.dtype):
-            loss, n_tokens = pair_loss(model, pairs, enc.eot_token, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = [train_pairs[i] for i in batch_indices(step, cfg.batch_size, len(train_pairs), cfg.seed)]
+        micro = distributed.micro_batches(batch, cfg.grad_accum)
+        step_loss = torch.zeros((), device=device)
+        for m, pairs in enumerate(micro):
+            with distributed.gradient_sync(model, m == len(micro) - 1):
+                with autocast(device, cfg.dtype):
+                    loss, n_tokens = pair_loss(trainee, pairs, enc.eot_token, device)
+                # a mean over pairs: each micro-batch holds len(pairs) of the batch_size pairs
+                (loss * distributed.scale(len(pairs), cfg.batch_size)).backward()
+            step_loss += loss.detach() * len(pairs) / cfg.batch_size
+            tokens_seen += n_tokens
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        tokens_seen += n_tokens
+        optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
         if done % cfg.log_every == 0 or done == last:
+            step_loss_all, tokens_all = distributed.sum_across(torch.stack([step_loss.float().cpu(),
+                                                                              torch.tensor(float(tokens_seen))]))
             elapsed = time.time() - t0
             eta = elapsed / (done - start_step) * (last - done)
-            history["train"].append({"step": done, "loss": loss.item(), "lr": lr})
-            print(f"step {done:5d}/{cfg.max_steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                  f"{tokens_seen / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
-                  f"eta {format_seconds(eta)}", flush=True)
+            history["train"].append({"step": done, "loss": step_loss_all.item(), "lr": lr})
+            log(f"step {done:5d}/{cfg.max_steps} | loss {step_loss_all.item():.4f} | lr {lr:.2e} | "
+                f"{tokens_all.item() / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
+                f"eta {format_seconds(eta)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
-            with autocast(device, cfg.dtype):
-                val = eval_loss(model, val_pairs, enc.eot_token, device, cfg.batch_size)
+            with autocast(device, cfg.dtype):  # every rank the same pairs: under FSDP all must run the forwards
+                val = eval_loss(distributed.unwrap(model), val_pairs, enc.eot_token, device, cfg.batch_size)
             history["eval"].append({"step": done, "val_loss": val})
-            print(f"step {done:5d} | val loss {val:.4f}", flush=True)
+            log(f"step {done:5d} | val loss {val:.4f}", flush=True)
         if done % cfg.save_every == 0 or done == last:
-            save(done)
+            full = save(done)
 
     if last == cfg.max_steps and cfg.test_questions > 0:
-        model.eval()
+        full = full or distributed.full_state(model, optimizer)  # a collective: before rank 0 goes on alone
+    if last == cfg.max_steps and cfg.test_questions > 0 and distributed.is_main():
+        # rank 0 alone: the plain model, or under FSDP the full one saved
+        plain = load_model(find_checkpoint(cfg.out_dir), device) if distributed.is_sharded(model) else distributed.unwrap(model)
+        plain.eval()
         test = task["test"][:cfg.test_questions]
         with autocast(device, cfg.dtype):
-            metrics = greedy_accuracy(model, enc, test, max_new_tokens=cfg.max_new_tokens)
+            metrics = greedy_accuracy(plain, enc, test, max_new_tokens=cfg.max_new_tokens)
         history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
-        print(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
-              f"degeneration {metrics['degeneration']:.3f}", flush=True)
-        save(last)
+        log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
+            f"degeneration {metrics['degeneration']:.3f}", flush=True)
+        save(last, full)
+    distributed.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history
 
 
