@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from losses import sequence_logprobs
-from sample import filter_logits, generate
+from sample import draw, filter_logits, generate
 from test_model import tiny
 
 
@@ -93,3 +93,17 @@ def test_top_k_and_top_p_never_leave_their_set():
     allowed_p = set(order[: int((cum < 0.5).sum()) + 1].tolist())
     out = generate(model, [p], 1, num_samples=200, temperature=1.0, top_p=0.5, generator=g)
     assert set(out.tokens[:, 0].tolist()) <= allowed_p
+
+
+def test_draw_follows_the_distribution_and_never_draws_a_zero_probability_token(monkeypatch):
+    probs = torch.tensor([[0.0, 0.5, 0.2, 0.3, 0.0]]).repeat(20000, 1) * 3.0  # unnormalised rows are fine
+    ids = draw(probs, torch.Generator().manual_seed(0))
+    share = torch.bincount(ids, minlength=5) / len(ids)
+    assert share[0] == 0 and share[4] == 0
+    # standard error sqrt(p(1-p)/n) <= 0.0036: 0.015 is more than 4 of them
+    assert share[1:4].tolist() == pytest.approx([0.5, 0.2, 0.3], abs=0.015)
+    # at the largest uniform number torch.rand returns the draw still lands on the last token with probability,
+    # not past it onto a zero one
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, dtype=kw.get("dtype")))
+    assert draw(torch.tensor([[0.25, 0.25, 0.5, 0.0]])).tolist() == [2]
+    assert draw(torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]])).tolist() == [2]
