@@ -31,13 +31,14 @@ checks() {
 'transformers', transformers.__version__, torch.cuda.get_device_name())"
     # MFU of a GPT-2-124M-sized training step in bf16 (target >= 40% on an H100)
     check 60 python3 benchmarks/bench_mfu.py --device=cuda
-    check 120 python3 benchmarks/bench_mfu.py --device=cuda --compile=True
+    check 150 python3 benchmarks/bench_mfu.py --device=cuda --compile=True
     # training-step throughput against transformers: the default small model, then a GPT-2-124M-sized LLaMA
     check 40 python3 benchmarks/bench_train.py --device=cuda
     check 60 python3 benchmarks/bench_train.py --device=cuda --dtype=bfloat16 --n_layer=12 --n_head=12 \
         --n_embd=768 --vocab_size=50304 --batch_size=16 --seq_len=1024 --steps=5 --repeats=2
     # sampling throughput against transformers' generate
     check 40 python3 benchmarks/bench_sampling.py --device=cuda
+    check 60 python3 benchmarks/bench_sampling.py --device=cuda --num_samples=256 --new_tokens=160 --repeats=2
 
     # the trainers under torchrun on this one GPU (NCCL, world size 1): FSDP2 + activation checkpointing in bf16,
     # then DDP + torch.compile for the alignment, candidates sampled on the GPU; short runs of the default model
