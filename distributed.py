@@ -79,7 +79,10 @@ def init(device_name):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
+        if device.startswith("cuda"):
+            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(device))
+        else:
+            dist.init_process_group("gloo", timeout=TIMEOUT)
         atexit.register(dist.destroy_process_group)
     return device
 
@@ -142,12 +145,18 @@ def gradient_sync(model, sync):
     yield
 
 
+def _comm_device():
+    """Where collectives take their tensors: the GPU under NCCL, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def sum_across(values):
-    """Element-wise sum of a float tensor over ranks (a copy; every rank gets the result)."""
-    values = values.detach().clone()
-    if dist.is_initialized():
-        dist.all_reduce(values)
-    return values
+    """Element-wise sum of a float tensor over ranks (a copy, on the tensor's device; every rank gets it)."""
+    if not dist.is_initialized():
+        return values.detach().clone()
+    summed = values.detach().to(_comm_device(), copy=True)
+    dist.all_reduce(summed)
+    return summed.to(values.device)
 
 
 def gather_rows(rows):
@@ -163,7 +172,7 @@ def gather_json(value):
     """Every rank's JSON-safe `value`, as a list indexed by rank (the same list on every rank)."""
     if not dist.is_initialized():
         return [value]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _comm_device()
     data = torch.tensor(bytearray(json.dumps(value).encode()), dtype=torch.uint8, device=device)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([len(data)], device=device))

@@ -15,6 +15,7 @@ memory allocated and reserved by PyTorch's caching allocator.
 import resource
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def run(cfg):
     cuda = pick_device(align_cfg.device).startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
     history = train_align.train(align_cfg)
+    seconds = time.time() - t0
     command = " ".join(["python train_align.py", *shlex.split(cfg.args)])
-    result = {"command": command, "history": history,
+    result = {"command": command, "history": history, "seconds": seconds,
               "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
-    print(f"{command}\npeak resident memory (RSS): {result['max_rss_mib']:,.0f} MiB")
+    print(f"{command}\n{seconds:.0f} s; peak resident memory (RSS): {result['max_rss_mib']:,.0f} MiB")
     if cuda:
         result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["cuda_max_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
