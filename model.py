@@ -74,10 +74,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalise in float32 whatever the activation dtype, as LLaMA does, then cast back
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # x / sqrt(mean(x^2) + eps) in float32 whatever the activation dtype, as LLaMA does, then cast back;
+        # F.rms_norm is that formula in one kernel (one launch instead of five on a GPU)
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def make_norm(config):
