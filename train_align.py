@@ -4,6 +4,7 @@ Step 3 of AFT: continue training the VFT model on its own candidate groups with 
     python train_align.py --loss=aft_rank                # builds out/vft and its candidates first if missing
     python train_align.py --loss=aft --constraint=dc
     python train_align.py --loss=dpo --constraint=bc --beta_dpo=0.1
+    torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (distributed.py)
 
 Every step takes `batch_size` questions with their candidates (gold chain + unique samples), scores all of
 them in one batched forward (s = mean log-prob of the chain, S = its sum) and minimises

@@ -13,6 +13,7 @@ read it back.
     python train_sft.py --max_steps=200 --out_dir=out/quick
     python train_sft.py --resume                         # continue a stopped run exactly
     python train_sft.py --dataset=gsm8k --data_dir=data/gsm8k --init_from=path/to/SmolLM2-135M --dtype=bfloat16 ...
+    torchrun --standalone --nproc_per_node=8 train_sft.py --parallel=fsdp ...   # several GPUs (distributed.py)
 
 Pairs longer than the model's block_size are left out, with a count printed (never on the built-in task with
 the defaults; on GSM8K only with a model of a few hundred positions). From Python (a notebook):
