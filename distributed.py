@@ -76,7 +76,11 @@ def init(device_name):
     if not launched():
         return device
     if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"torchrun started local rank {local_rank} but this machine has "
+                            f"{torch.cuda.device_count()} GPU(s): --nproc_per_node must not exceed that")
+        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if device.startswith("cuda"):

@@ -76,15 +76,17 @@ def test_ddp_two_processes_take_the_steps_of_one(one_process):
     assert saved["test"]["accuracy"] == history["test"]["accuracy"]  # measured by rank 0 after training
 
 
-def test_fsdp_with_accumulation_checkpoint_resumes_in_one_process(one_process):
+def test_fsdp_with_accumulation_checkpoints_move_between_1_and_2_processes(one_process):
     root, cfg, _ = one_process
     # 2 processes x 2 micro-batches of 2 pairs, sharded; stopped after step 2 ...
     torchrun("train_sft.py", *sft_flags(cfg), "--parallel=fsdp", "--grad_accum=2", "--stop_after=2",
              f"--out_dir={root / 'fsdp'}")
     saved = weights(root / "fsdp")
     assert saved["blocks.0.attn.q_proj.weight"].shape == (32, 32)  # the full tensor, not one rank's shard
-    # ... and finished by one plain process from that checkpoint (model, optimizer state, step)
-    train_sft(replace(cfg, out_dir=str(root / "fsdp"), resume=True))
+    # ... step 3 by one plain process from that checkpoint (model, optimizer state, step) ...
+    train_sft(replace(cfg, out_dir=str(root / "fsdp"), resume=True, stop_after=3, save_every=1))
+    # ... and step 4 sharded again over 2 processes, the optimizer state split from the 1-process file
+    torchrun("train_sft.py", *sft_flags(cfg), "--parallel=fsdp", "--resume", f"--out_dir={root / 'fsdp'}")
     assert_same_weights(root / "one", root / "fsdp")
 
 
