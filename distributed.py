@@ -91,12 +91,14 @@ def init(device_name):
     return device
 
 
-def check_batch(batch_size, grad_accum):
-    """Refuse a global batch that does not split into world_size x grad_accum equal micro-batches."""
-    parts = world_size() * grad_accum
-    if grad_accum < 1 or batch_size % parts:
-        raise UserError(f"--batch_size={batch_size} must be a multiple of {world_size()} processes x "
-                        f"--grad_accum={grad_accum}")
+def check(cfg):
+    """Refuse, before any work, a trainer config whose --parallel is unknown or whose global batch does not split
+    into world_size x grad_accum equal micro-batches."""
+    if cfg.parallel not in PARALLEL:
+        raise UserError(f"--parallel={cfg.parallel}: choose one of {', '.join(PARALLEL)}")
+    if cfg.grad_accum < 1 or cfg.batch_size % (world_size() * cfg.grad_accum):
+        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {world_size()} processes x "
+                        f"--grad_accum={cfg.grad_accum}")
 
 
 def micro_batches(batch, grad_accum):
@@ -115,8 +117,6 @@ def scale(micro_size, global_size):
 
 def wrap(model, parallel, device):
     """The model as this run trains it: unchanged in one process, else under DDP or FSDP2."""
-    if parallel not in PARALLEL:
-        raise UserError(f"--parallel={parallel}: choose one of {', '.join(PARALLEL)}")
     if not dist.is_initialized():
         return model
     if parallel == "ddp":

@@ -72,7 +72,7 @@ class Config:
     max_candidates: int = 9         # candidates per group at most (gold first, then samples)
     grad_accum: int = 1             # micro-batches per step in each process (batch_size = processes x grad_accum x micro)
     # scale and speed (distributed.py)
-    parallel: str = "ddp"           # under torchrun: "ddp" (each process a full replica) or "fsdp" (sharded)
+    parallel: str = field(default="ddp", metadata={"choices": distributed.PARALLEL})  # under torchrun: replicas or shards
     checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
     compile: bool = False           # torch.compile the model (~40 s to compile on a CPU; pays off on GPUs)
     # bookkeeping
@@ -264,7 +264,7 @@ def train(cfg):
     evaluates."""
     cfg = check_config(cfg)
     device = distributed.init(cfg.device)
-    distributed.check_batch(cfg.batch_size, cfg.grad_accum)
+    distributed.check(cfg)
     log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     groups, header = ensure_prerequisites(cfg, log)
     vft_dir = find_checkpoint(cfg.vft)

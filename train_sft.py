@@ -69,7 +69,7 @@ class Config:
     grad_clip: float = 1.0          # max global gradient norm (0 = off)
     grad_accum: int = 1             # micro-batches per step in each process (batch_size = processes x grad_accum x micro)
     # scale and speed (distributed.py)
-    parallel: str = "ddp"           # under torchrun: "ddp" (each process a full replica) or "fsdp" (sharded)
+    parallel: str = field(default="ddp", metadata={"choices": distributed.PARALLEL})  # under torchrun: replicas or shards
     checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
     compile: bool = False           # torch.compile the model (~40 s to compile on a CPU; pays off on GPUs)
     # bookkeeping
@@ -191,7 +191,7 @@ def train(cfg):
     Under torchrun every process trains its share of each batch (distributed.py); only rank 0 prints, saves and
     measures the final test accuracy."""
     device = distributed.init(cfg.device)
-    distributed.check_batch(cfg.batch_size, cfg.grad_accum)
+    distributed.check(cfg)
     log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     task = task_from_config(config_to_dict(cfg))
     model, enc, tokenizer_sources, state = prepare_run(cfg, device)

@@ -95,6 +95,8 @@ def test_batch_must_split_evenly(one_process):
     from configurator import UserError
     with pytest.raises(UserError, match="--batch_size=6 must be a multiple of 1 processes x --grad_accum=4"):
         train_sft(replace(cfg, batch_size=6, grad_accum=4, out_dir=str(root / "bad")))
+    with pytest.raises(UserError, match="--parallel=zero: choose one of ddp, fsdp"):
+        train_sft(replace(cfg, parallel="zero", out_dir=str(root / "bad")))
     assert not (root / "bad").exists()
 
 
