@@ -83,10 +83,7 @@ def init(device_name):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if device.startswith("cuda"):
-            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(device))
-        else:
-            dist.init_process_group("gloo", timeout=TIMEOUT)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
         atexit.register(dist.destroy_process_group)
     return device
 
