@@ -179,7 +179,6 @@ def interleave(shards):
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
     device = distributed.init(cfg.device)
-    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
@@ -187,13 +186,13 @@ def build(cfg):
     first = task["train"][:cfg.n_questions]
     examples = [ex for ex in first if fits(encode_pair(enc, ex["question"], ex["answer"]), block_size)]
     if len(examples) < len(first):
-        log(f"candidates: left out {len(first) - len(examples)} of {len(first)} questions: question and "
-            f"reference chain are longer than block_size {block_size}", flush=True)
+        distributed.log(f"candidates: left out {len(first) - len(examples)} of {len(first)} questions: question and "
+                        f"reference chain are longer than block_size {block_size}", flush=True)
     if not examples:
         raise UserError(f"{directory}: no training question fits in the model's block_size of {block_size}")
-    log(f"candidates: sampling k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training "
-        f"questions with {directory}" + (f", {distributed.world_size()} processes" if distributed.world_size() > 1
-                                         else ""), flush=True)
+    processes = f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    distributed.log(f"candidates: sampling k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training "
+                    f"questions with {directory}{processes}", flush=True)
     shard = examples[distributed.rank()::distributed.world_size()]
     with autocast(device, cfg.dtype):
         groups = build_groups(model, enc, shard, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.add_gold,
@@ -205,11 +204,11 @@ def build(cfg):
     if distributed.is_main():
         save_groups(path, groups, header)
     distributed.barrier()  # the file exists for every rank from here on
-    log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)
+    distributed.log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)
     if header["summary"]["cut_share"] > 0.05:
-        log(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
-            f"max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger --max_new_tokens",
-            flush=True)
+        distributed.log(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
+                        f"max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger --max_new_tokens",
+                        flush=True)
     return groups, header
 
 

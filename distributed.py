@@ -43,7 +43,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from checkpoint import find_checkpoint
 from configurator import UserError
+from model import load_model
 from sequences import pick_device
 
 PARALLEL = ("ddp", "fsdp")
@@ -67,6 +69,12 @@ def rank():
 
 def is_main():
     return rank() == 0
+
+
+def log(*args, **kwargs):
+    """print, on rank 0 only: one progress line per step however many processes run."""
+    if is_main():
+        print(*args, **kwargs)
 
 
 def init(device_name):
@@ -128,6 +136,12 @@ def wrap(model, parallel, device):
 def unwrap(model):
     """The GPT inside a DDP wrapper (FSDP2 shards the module in place: it stays the GPT)."""
     return model.module if isinstance(model, DDP) else model
+
+
+def whole_model(model, run_dir, device):
+    """The trained model whole in this process, for rank 0's final evaluation: the GPT itself, or under FSDP the
+    full model read back from the checkpoint just saved in run_dir (its shards live in the other processes)."""
+    return load_model(find_checkpoint(run_dir), device) if is_sharded(model) else unwrap(model)
 
 
 def is_sharded(model):

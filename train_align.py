@@ -111,22 +111,22 @@ def check_config(cfg):
     return cfg
 
 
-def ensure_prerequisites(cfg, log=print):
+def ensure_prerequisites(cfg):
     """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
     vft_dir = Path(cfg.vft)
     if not has_checkpoint(vft_dir):
-        log(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
-              f"--out_dir={vft_dir})", flush=True)
+        distributed.log(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
+                        f"--out_dir={vft_dir})", flush=True)
         train_sft.train(train_sft.Config(out_dir=str(vft_dir)))
     path = Path(cfg.candidates) if cfg.candidates else vft_dir / "candidates.jsonl"
     if not path.is_file():
-        log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py --ckpt={vft_dir})",
-              flush=True)
+        distributed.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py "
+                        f"--ckpt={vft_dir})", flush=True)
         cands.build(cands.Config(ckpt=str(vft_dir), out=str(path), n_questions=cfg.n_questions, k=cfg.k,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                  device=cfg.device, dtype=cfg.dtype))
     groups, header = cands.load_groups(path, vft_dir)
-    log(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
+    distributed.log(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
     return groups, header
 
 
@@ -265,8 +265,7 @@ def train(cfg):
     cfg = check_config(cfg)
     device = distributed.init(cfg.device)
     distributed.check(cfg)
-    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
-    groups, header = ensure_prerequisites(cfg, log)
+    groups, header = ensure_prerequisites(cfg)
     vft_dir = find_checkpoint(cfg.vft)
     enc, tokenizer_sources = load_tokenizer_of(vft_dir), tokenizer_files(vft_dir)
     model, state = prepare(cfg, device, vft_dir)
@@ -276,9 +275,9 @@ def train(cfg):
         distributed.load_optimizer_state(model, optimizer, read_optimizer_state(optimizer, cfg.out_dir))
         restore_rng(state["rng"])
     history = state["history"]
-    log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
-        f"{distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
-        f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
+    distributed.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
+                    f"{distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
+                    f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
 
     def save(step, full=None):
         """Checkpoint from rank 0; returns the full (weights, optimizer state) so a later save can reuse them."""
@@ -315,7 +314,8 @@ def train(cfg):
             for name, value in parts.items():  # this micro-batch's share of the whole batch's part
                 share = value.detach() * sizes[name] / max(totals[name], 1)
                 step_parts[name] = step_parts.get(name, 0) + share
-            seen.append(torch.stack([scores.detach(), info["valid"].float(), info["correct"].float()]))  # (3, b, K)
+            stats = [scores.detach(), info["valid"].float(), info["correct"].float()]
+            seen.append(torch.stack(stats, dim=-1))  # (b, K, 3)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -326,30 +326,28 @@ def train(cfg):
             names = sorted(step_parts)
             sums = distributed.sum_across(torch.stack([step_parts[name].float() for name in names]))
             parts_all = dict(zip(names, sums.tolist()))
-            scores_all, valid_all, correct_all = distributed.gather_rows(torch.cat(seen, dim=1).transpose(0, 1)).transpose(0, 1)
+            scores_all, valid_all, correct_all = distributed.gather_rows(torch.cat(seen)).unbind(dim=-1)  # (B, K) each
             elapsed = time.time() - t0
             eta = elapsed / (done - start_step) * (last - done)
             record = {"step": done, "loss": sum(parts_all.values()), **parts_all,
                       **score_stats(scores_all, {"valid": valid_all.bool(), "correct": correct_all.bool()}), "lr": lr}
             history["train"].append(record)
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
-            log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
-                f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
+            distributed.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
+                            f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
     if last == cfg.max_steps and cfg.test_questions > 0:
         full = full or distributed.full_state(model, optimizer)  # a collective: before rank 0 goes on alone
     if last == cfg.max_steps and cfg.test_questions > 0 and distributed.is_main():
-        # rank 0 alone: the plain model, or under FSDP the full one saved
-        plain = load_model(find_checkpoint(cfg.out_dir), device) if distributed.is_sharded(model) else distributed.unwrap(model)
-        plain.eval()
+        plain = distributed.whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
         task = run_task(vft_dir)
         test, train_groups = task[cfg.eval_split], groups[:cfg.k_questions]
         aligned = all_metrics(plain, enc, test, train_groups, cfg)
         before = vft_metrics(vft_dir, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
         history["metrics"] = {"vft": before, "aligned": aligned}
-        log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
+        distributed.log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
         save(last, full)
     distributed.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history

@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 import distributed
-from checkpoint import find_checkpoint, read_optimizer_state, restore_rng, resume_or_start, save_checkpoint
+from checkpoint import read_optimizer_state, restore_rng, resume_or_start, save_checkpoint
 from configurator import UserError, config_to_dict, main
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
 from hf import load_model_and_tokenizer, load_tokenizer_of, tokenizer_files
 from losses import mean_logprob, nll_loss, sequence_logprobs
-from model import GPT, ModelConfig, load_model, num_params
+from model import GPT, ModelConfig, num_params
 from sequences import DTYPES, autocast, collate, encode_pair, fits
 from tokenizer import load_tokenizer
 
@@ -192,7 +192,6 @@ def train(cfg):
     measures the final test accuracy."""
     device = distributed.init(cfg.device)
     distributed.check(cfg)
-    log = print if distributed.is_main() else (lambda *args, **kwargs: None)
     task = task_from_config(config_to_dict(cfg))
     model, enc, tokenizer_sources, state = prepare_run(cfg, device)
     if model.config.vocab_size < enc.n_vocab:
@@ -201,13 +200,13 @@ def train(cfg):
     train_pairs, too_long = encode_fitting(enc, task["train"], block_size)
     val_pairs, val_too_long = encode_fitting(enc, task["val"][:cfg.eval_examples], block_size)
     if too_long or val_too_long:
-        log(f"VFT: left out {too_long} of {len(task['train'])} training and {val_too_long} validation pairs "
-            f"longer than block_size {block_size}", flush=True)
+        distributed.log(f"VFT: left out {too_long} of {len(task['train'])} training and {val_too_long} "
+                        f"validation pairs longer than block_size {block_size}", flush=True)
     if not train_pairs or not val_pairs:
         raise UserError(f"no {'training' if not train_pairs else 'validation'} pair fits in block_size {block_size}")
-    log(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
-        f"dtype {cfg.dtype}, {distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
-        f"steps {state['step']}..{cfg.max_steps}")
+    distributed.log(f"VFT: {num_params(model):,} parameters, {len(train_pairs):,} training pairs, device {device}, "
+                    f"dtype {cfg.dtype}, {distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
+                    f"steps {state['step']}..{cfg.max_steps}")
     model, trainee = prepare_model(model, cfg, device)
     optimizer = make_optimizer(model, cfg, device)
     if cfg.resume:
@@ -257,29 +256,27 @@ def train(cfg):
             elapsed = time.time() - t0
             eta = elapsed / (done - start_step) * (last - done)
             history["train"].append({"step": done, "loss": step_loss_all.item(), "lr": lr})
-            log(f"step {done:5d}/{cfg.max_steps} | loss {step_loss_all.item():.4f} | lr {lr:.2e} | "
-                f"{tokens_all.item() / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
-                f"eta {format_seconds(eta)}", flush=True)
+            distributed.log(f"step {done:5d}/{cfg.max_steps} | loss {step_loss_all.item():.4f} | lr {lr:.2e} | "
+                            f"{tokens_all.item() / elapsed:,.0f} tok/s | elapsed {format_seconds(elapsed)} | "
+                            f"eta {format_seconds(eta)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
             with autocast(device, cfg.dtype):  # every rank the same pairs: under FSDP all must run the forwards
                 val = eval_loss(distributed.unwrap(model), val_pairs, enc.eot_token, device, cfg.batch_size)
             history["eval"].append({"step": done, "val_loss": val})
-            log(f"step {done:5d} | val loss {val:.4f}", flush=True)
+            distributed.log(f"step {done:5d} | val loss {val:.4f}", flush=True)
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
     if last == cfg.max_steps and cfg.test_questions > 0:
         full = full or distributed.full_state(model, optimizer)  # a collective: before rank 0 goes on alone
     if last == cfg.max_steps and cfg.test_questions > 0 and distributed.is_main():
-        # rank 0 alone: the plain model, or under FSDP the full one saved
-        plain = load_model(find_checkpoint(cfg.out_dir), device) if distributed.is_sharded(model) else distributed.unwrap(model)
-        plain.eval()
+        plain = distributed.whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
         test = task["test"][:cfg.test_questions]
         with autocast(device, cfg.dtype):
             metrics = greedy_accuracy(plain, enc, test, max_new_tokens=cfg.max_new_tokens)
         history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
-        log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
-            f"degeneration {metrics['degeneration']:.3f}", flush=True)
+        distributed.log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {len(test)} questions, "
+                        f"degeneration {metrics['degeneration']:.3f}", flush=True)
         save(last, full)
     distributed.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history
