@@ -214,3 +214,4 @@ def build(cfg):
 
 if __name__ == "__main__":
     main(build, Config)
+    distributed.finish()  # under torchrun: leave together, skipping a teardown that can abort

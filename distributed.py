@@ -32,6 +32,7 @@ resumes on any number of processes. Processes exchange Python values as JSON, ne
 import atexit
 import json
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -94,6 +95,21 @@ def init(device_name):
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
         atexit.register(dist.destroy_process_group)
     return device
+
+
+def finish():
+    """The last call of a script run by torchrun, once its work is done and saved: all ranks meet, leave the process
+    group, and the process exits at once with status 0, skipping the interpreter's teardown. Left to that
+    teardown, gloo's and FSDP's C++ objects were destroyed after Python's, and about one finished run in 20 on a
+    loaded 2-core machine aborted ('terminate called without an active exception'), which torchrun reports as a
+    failed run. Does nothing outside torchrun, so a notebook or a test that calls train() is never exited."""
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def check(cfg):

@@ -355,3 +355,4 @@ def train(cfg):
 
 if __name__ == "__main__":
     main(train, Config)
+    distributed.finish()  # under torchrun: leave together, skipping a teardown that can abort

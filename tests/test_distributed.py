@@ -100,6 +100,14 @@ def test_batch_must_split_evenly(one_process):
     assert not (root / "bad").exists()
 
 
+def test_finish_leaves_a_process_alone_outside_torchrun():
+    # finish() ends a torchrun process with os._exit; in a notebook or this test process it must do nothing
+    # (were it to exit, pytest itself would stop here)
+    import distributed
+    assert not distributed.launched()
+    assert distributed.finish() is None
+
+
 @pytest.mark.parametrize("loss, constraint, nll_on", [("aft", "bc", "positives"), ("aft_rank", "dc", "gold"),
                                                       ("rrhf", "bc", "positives"), ("pro", "none", "positives"),
                                                       ("dpo", "bc", "positives"), ("rft", "none", "positives")])
