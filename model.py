@@ -74,8 +74,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # x / sqrt(mean(x^2) + eps) in float32 whatever the activation dtype, as LLaMA does, then cast back;
-        # F.rms_norm is that formula (fused into fewer kernels where torch has a fused one, as on recent GPU builds)
+        # weight * x / sqrt(mean(x^2) + eps), normalized in float32 whatever the activation dtype, as LLaMA does,
+        # then cast back before the weight. F.rms_norm is that formula; in float32 it takes the weight too, one
+        # operator call instead of four (it matters when decoding a token at a time, sample.py)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
@@ -86,20 +89,23 @@ def make_norm(config):
 
 
 def rotary_tables(head_dim, length, theta, device=None):
-    """cos and sin tables (length, head_dim) in the half-split layout: dimension j is rotated together with
-    dimension j + head_dim/2 (Hugging Face's `rotate_half` convention, not the interleaved pairs of the
-    original LLaMA code)."""
+    """cos and signed sin tables (length, head_dim) in the half-split layout: dimension j is rotated together with
+    dimension j + head_dim/2 (Hugging Face's `rotate_half` convention, not the interleaved pairs of the original
+    LLaMA code). The sin table's first half is negated, for apply_rotary."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)  # (L, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
-    return angles.cos(), angles.sin()
+    sign = torch.ones(head_dim, device=device)
+    sign[:head_dim // 2] = -1
+    return angles.cos(), sign * angles.sin()
 
 
-def apply_rotary(x, cos, sin):
-    """x (B, h, T, hd); cos, sin (B, 1, T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+def apply_rotary(x, cos, signed_sin):
+    """x (B, h, T, hd); cos, signed_sin (B, 1, T, hd); the result has x's dtype. With x = [x1, x2] (the two halves) this is
+    x * cos + [-x2, x1] * sin, each pair (x1_j, x2_j) rotated by its angle. [-x2, x1] * sin is written as
+    [x2, x1] * [-sin, sin]: torch.roll makes [x2, x1] in one operator call where slicing, negating and
+    concatenating take four."""
+    return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
 def reference_attention(q, k, v, attn_mask=None, is_causal=False):
@@ -187,9 +193,9 @@ class KVCache:
     All rows advance together (`pos` is one number); rows of different prompt lengths are left-padded."""
 
     def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, h_kv, max_len, hd)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]  # per layer
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # positions filled so far
         self.max_len = max_len
 
@@ -199,16 +205,17 @@ class KVCache:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        if layer == self.k.shape[0] - 1:
+        # narrow is a view of positions pos..end-1: one operator call, where indexing [:, :, pos:end] takes three
+        self.k[layer].narrow(2, self.pos, k.shape[2]).copy_(k)
+        self.v[layer].narrow(2, self.pos, k.shape[2]).copy_(v)
+        if layer == len(self.k) - 1:
             self.pos = end
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def fan_out(self, k):
         """Repeat every row k times (row i becomes rows i*k .. i*k+k-1): one prefill, k continuations."""
-        self.k = self.k.repeat_interleave(k, dim=1)
-        self.v = self.v.repeat_interleave(k, dim=1)
+        self.k = [t.repeat_interleave(k, dim=0) for t in self.k]
+        self.v = [t.repeat_interleave(k, dim=0) for t in self.v]
 
 
 # -----------------------------------------------------------------------------
@@ -284,6 +291,9 @@ class GPT(nn.Module):
             return None, True
         if no_padding and T == 1:
             return None, False
+        if T == 1 and start > 0:  # one new real token (decoding) sees every key but the padding
+            keys = torch.arange(start + 1, device=device)  # (Tk,)
+            return (keys >= left_pad[:, None])[:, None, None], False  # (B, 1, 1, Tk)
         query_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
         key_pos = torch.arange(start + T, device=device)[None, :]  # (1, Tk)
         allowed = (key_pos <= query_pos)[None]  # (1, T, Tk)
