@@ -146,7 +146,7 @@ def summarize(records, methods):
 
 
 def format_markdown(table, cfg):
-    lines = [f"| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for method, cols in table.items():
         cells = []
         for col in COLUMNS:

@@ -106,7 +106,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
         logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
         logits = logits[:, -1, :n_vocab].float().repeat_interleave(num_samples, dim=0)  # (N, V)
         if use_cache:
-            cache.fan_out(num_samples)
+            cache.fan_out(num_samples, left_pad)  # many rows: each prompt's keys stay stored once
         if left_pad is not None:
             left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
         seq = idx.repeat_interleave(num_samples, dim=0)  # (N, Tp), only needed without the cache

@@ -46,6 +46,14 @@ def test_sampling_benchmark_generates_exactly_the_requested_tokens():
     assert result["ratio_transformers"] == pytest.approx(result["cached"] / result["transformers"])
 
 
+def test_sampling_benchmark_can_leave_out_the_uncached_run():
+    # 64 rows: our generate shares the prompt's keys and values (KVCache.fan_out); still exactly 64 x 3 tokens
+    result = bench_sampling.run(bench_sampling.Config(num_samples=64, new_tokens=3, prompt_tokens=4, repeats=1,
+                                                      device="cpu", uncached=False))
+    assert "without KV cache" not in result["new_tokens"] and "ratio" not in result
+    assert result["new_tokens"]["with KV cache"] == 192
+
+
 def test_sampling_benchmark_without_transformers_still_compares_the_cache(monkeypatch, capsys):
     find_spec = bench_sampling.importlib.util.find_spec
     monkeypatch.setattr(bench_sampling.importlib.util, "find_spec",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from model import GPT, KVCache, ModelConfig, load_model, num_params, save_model
+from model import GPT, KVCache, ModelConfig, load_model, num_params, reference_attention, save_model, shared_prompt_attention
 
 FAMILIES = {
     "llama": dict(family="llama"),
@@ -58,6 +58,54 @@ def test_sdpa_equals_reference_attention(family):
     slow_padded, _ = model(idx, left_pad=left_pad)
     assert (fast - slow).abs().max().item() < 1e-5
     assert (fast_padded - slow_padded).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("h, h_kv", [(4, 4), (4, 2), (4, 1)])
+def test_shared_prompt_attention_equals_attention_over_copied_prompts(h, h_kv):
+    torch.manual_seed(0)
+    P, g, Tp, t, hd = 3, 5, 7, 4, 8
+    q = torch.randn(P * g, h, 1, hd)
+    prompt_k, prompt_v = torch.randn(P, h_kv, Tp, hd), torch.randn(P, h_kv, Tp, hd)
+    own_k, own_v = torch.randn(P * g, h_kv, t, hd), torch.randn(P * g, h_kv, t, hd)
+    left_pad = torch.tensor([0, 3, 6])  # prompt 2 has a single real token
+    prompt_mask = (torch.arange(Tp) >= left_pad[:, None])[:, None, None]  # (P, 1, 1, Tp)
+    # the oracle: every row holds a copy of its prompt's keys, then its own; padding masked out
+    k = torch.cat([prompt_k.repeat_interleave(g, dim=0), own_k], dim=2)
+    v = torch.cat([prompt_v.repeat_interleave(g, dim=0), own_v], dim=2)
+    mask = torch.cat([prompt_mask.repeat_interleave(g, dim=0), torch.ones(P * g, 1, 1, t, dtype=torch.bool)], dim=-1)
+    expected = reference_attention(q, k, v, attn_mask=mask)
+    got = shared_prompt_attention(q, prompt_k, prompt_v, prompt_mask, own_k, own_v)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-5
+    # without padding the mask may be None
+    unmasked = shared_prompt_attention(q, prompt_k, prompt_v, None, own_k, own_v)
+    full = reference_attention(q, torch.cat([prompt_k.repeat_interleave(g, dim=0), own_k], dim=2),
+                               torch.cat([prompt_v.repeat_interleave(g, dim=0), own_v], dim=2))
+    assert (unmasked - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("family", ["llama_gqa", "gpt2"])
+def test_fanned_out_cache_matches_full_forward(family, share):
+    model = tiny(family)
+    g = 3
+    prompts = torch.randint(0, 97, (2, 6))
+    left_pad = torch.tensor([2, 0])
+    cache = KVCache(model.config, 2, 12)
+    model(prompts, kv_cache=cache, left_pad=left_pad)
+    cache.fan_out(g, left_pad, share=share)
+    assert (cache.prompt_k is not None) == share
+    rows_pad = left_pad.repeat_interleave(g)
+    seq = prompts.repeat_interleave(g, dim=0)  # (6, 6)
+    for _ in range(5):
+        token = torch.randint(0, 97, (2 * g, 1))  # a different continuation in every row
+        step, _ = model(token, kv_cache=cache, left_pad=rows_pad)
+        seq = torch.cat([seq, token], dim=1)
+        full, _ = model(seq, left_pad=rows_pad)
+        assert (step[:, -1] - full[:, -1]).abs().max().item() < 1e-4
+    if share:
+        with pytest.raises(ValueError, match="one token per row"):
+            model(torch.zeros(2 * g, 2, dtype=torch.long), kv_cache=cache, left_pad=rows_pad)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

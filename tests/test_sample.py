@@ -14,13 +14,14 @@ def prompts():
     return [torch.randint(0, 97, (n,), generator=g).tolist() for n in (5, 9, 3)]
 
 
+@pytest.mark.parametrize("num_samples", [2, 22])  # 3 x 22 rows: the cache shares the prompts (KVCache.fan_out)
 @pytest.mark.parametrize("family", ["llama_gqa", "gpt2"])
-def test_cache_and_no_cache_give_the_same_samples(family):
+def test_cache_and_no_cache_give_the_same_samples(family, num_samples):
     model = tiny(family)
     runs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(7)
-        runs.append(generate(model, prompts(), 12, num_samples=2, temperature=1.0, generator=g,
+        runs.append(generate(model, prompts(), 12, num_samples=num_samples, temperature=1.0, generator=g,
                              use_cache=use_cache))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert (runs[0].logprobs - runs[1].logprobs).abs().max().item() < 1e-5
