@@ -9,7 +9,8 @@ One `ModelConfig` covers the two families nanoAFT loads:
 Our own small models are LLaMA style.
 
 `GPT.forward` returns logits for EVERY position, (B, T, V), never only the last one: scoring a chain of
-thought needs them all. An optional `KVCache` serves incremental decoding; `left_pad` lets rows of one batch
+thought needs them all. An optional `KVCache` serves incremental decoding (many rows continuing the same
+prompts share its keys and values: `shared_prompt_attention`); `left_pad` lets rows of one batch
 hold prompts of different lengths (padded on the left, so every row's next token lands in the same column).
 """
 
