@@ -108,6 +108,26 @@ def test_fanned_out_cache_matches_full_forward(family, share):
             model(torch.zeros(2 * g, 2, dtype=torch.long), kv_cache=cache, left_pad=rows_pad)
 
 
+def test_shared_prompt_cache_under_bf16_autocast_is_as_accurate_as_copies():
+    # under autocast the shared path's matrix products run in bf16; its logits must stay as close to float32's
+    # as those of SDPA over copied prompts (a dtype mix-up or a lost mask would be far off)
+    model = tiny("llama_gqa")
+    prompts, left_pad, g = torch.randint(0, 97, (2, 6)), torch.tensor([2, 0]), 3
+    token = torch.randint(0, 97, (2 * g, 1))
+    logits = {}
+    for share in (False, True):
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                cache = KVCache(model.config, 2, 12)
+                model(prompts, kv_cache=cache, left_pad=left_pad)
+                cache.fan_out(g, left_pad, share=share)
+                logits[share, bf16] = model(token, kv_cache=cache, left_pad=left_pad.repeat_interleave(g))[0].float()
+    exact = logits[False, False]
+    assert (logits[True, False] - exact).abs().max().item() < 1e-5
+    copy_error = (logits[False, True] - exact).abs().max().item()
+    assert 0 < (logits[True, True] - exact).abs().max().item() < 2 * copy_error
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_causality(family):
     model = tiny(family)
