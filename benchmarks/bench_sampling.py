@@ -18,14 +18,13 @@ Without transformers installed the comparison with it is skipped, with a note.
 
 import importlib.util
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_train import synchronize, transformers_twin  # noqa: E402
+from benchmarks.bench_train import best_of, transformers_twin  # noqa: E402
 from configurator import main  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
@@ -53,7 +52,6 @@ def run(cfg):
     model = GPT(ModelConfig(vocab_size=512, n_layer=sft.n_layer, n_head=sft.n_head, n_embd=sft.n_embd,
                             block_size=sft.block_size)).eval()
     prompt = torch.randint(0, 512, (cfg.prompt_tokens,)).tolist()
-    new_tokens = {}  # contender -> tokens its last run generated, checked below
 
     def ours(use_cache):
         g = torch.Generator(device=device).manual_seed(0)
@@ -80,14 +78,7 @@ def run(cfg):
               "requirements-dev.txt)")
     model.to(device)
 
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(cfg.repeats):  # best of repeats: a slow first call (lazy initialisation) drops out
-        for name, fn in contenders.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            new_tokens[name] = fn()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best, new_tokens = best_of(contenders, cfg.repeats, device)  # new tokens each contender's last run made
     expected = cfg.num_samples * cfg.new_tokens
     wrong = {name: n for name, n in new_tokens.items() if n != expected}
     if wrong:

@@ -13,14 +13,13 @@ rounding makes some rows diverge, and the share of equal tokens is reported. Bes
 """
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_train import synchronize  # noqa: E402
+from benchmarks.bench_train import best_of  # noqa: E402
 from configurator import main  # noqa: E402
 from model import GPT, KVCache, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
@@ -56,15 +55,9 @@ def run(cfg):
             return generate(model, prompts, cfg.new_tokens, num_samples=cfg.k, temperature=1.0, generator=g)
 
     default_threshold = KVCache.SHARE_FROM_ROWS
-    best, tokens = {"shared": float("inf"), "copied": float("inf")}, {}
     try:
-        for _ in range(cfg.repeats):
-            for name in best:
-                synchronize(device)
-                t0 = time.perf_counter()
-                tokens[name] = sample(name == "shared").tokens
-                synchronize(device)
-                best[name] = min(best[name], time.perf_counter() - t0)
+        best, tokens = best_of({"shared": lambda: sample(True).tokens, "copied": lambda: sample(False).tokens},
+                               cfg.repeats, device)
     finally:
         KVCache.SHARE_FROM_ROWS = default_threshold
     made = cfg.questions * cfg.k * cfg.new_tokens

@@ -83,6 +83,21 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+def best_of(contenders, repeats, device):
+    """Time each of `contenders` (name -> function of no arguments) `repeats` times, taking turns so machine noise
+    hits all alike; returns ({name: best seconds}, {name: what its last call returned}). The best drops a slow
+    first call (lazy initialisation)."""
+    best, results = dict.fromkeys(contenders, float("inf")), {}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            results[name] = fn()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, results
+
+
 def run(cfg):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
