@@ -296,9 +296,9 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if config.family == "llama":
-            cos, sin = rotary_tables(config.head_dim, config.block_size, config.rope_theta)
+            cos, signed_sin = rotary_tables(config.head_dim, config.block_size, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.register_buffer("rope_signed_sin", signed_sin, persistent=False)
         init_weights(self)
         # a training choice, not part of the architecture (never saved): recompute each block's activations in
         # the backward pass instead of keeping them, ~1/3 more compute for a fraction of the activation memory
@@ -334,7 +334,7 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)
         else:
             rotary = (self.rope_cos[positions][:, None].to(x.dtype),   # (B, 1, T, hd)
-                      self.rope_sin[positions][:, None].to(x.dtype))
+                      self.rope_signed_sin[positions][:, None].to(x.dtype))
         for layer, block in enumerate(self.blocks):
             if self.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rotary, kv_cache, layer, attn_mask, is_causal, use_reentrant=False)
@@ -356,9 +356,6 @@ class GPT(nn.Module):
             return None, True
         if no_padding and T == 1:
             return None, False
-        if T == 1 and start > 0:  # one new real token (decoding) sees every key but the padding
-            keys = torch.arange(start + 1, device=device)  # (Tk,)
-            return (keys >= left_pad[:, None])[:, None, None], False  # (B, 1, 1, Tk)
         query_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
         key_pos = torch.arange(start + T, device=device)[None, :]  # (1, Tk)
         allowed = (key_pos <= query_pos)[None]  # (1, T, Tk)
