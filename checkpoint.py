@@ -275,13 +275,14 @@ def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
     of script ("sft", "align") with the same values of the `must_match` config fields. Without it: None, a
     fresh start, refused when run_dir already holds a checkpoint unless config.overwrite is set."""
     run_dir = Path(run_dir)
-    has_checkpoint = any((run_dir / name / "model.safetensors").is_file() for name in (CHECKPOINT, OLD))
+    # checkpoint/ or checkpoint.old/ only: unlike has_checkpoint(), a bare model in run_dir is not a run to resume
+    saved = any((run_dir / name / "model.safetensors").is_file() for name in (CHECKPOINT, OLD))
     if not config.resume:
-        if has_checkpoint and not config.overwrite:
+        if saved and not config.overwrite:
             raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to "
                             f"replace it, or choose another --out_dir")
         return None
-    if not has_checkpoint:
+    if not saved:
         raise UserError(f"--resume: no checkpoint to resume in {run_dir}")
     model, state = load_checkpoint(run_dir, device)
     if state.get("kind") != kind:
