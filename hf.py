@@ -41,21 +41,21 @@ from tokenizer import load_tokenizer
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
-# Our module names -> Hugging Face's: (outside the blocks, the prefix of block i, inside a block).
+# Our module names -> Hugging Face's: (outside the blocks, the prefix of block i, inside a block). A tuple: our
+# matrix is theirs stacked along the rows (LLaMA's separate q, k and v make our attn.qkv_proj).
 HF_NAMES = {
     "llama": (
         {"wte": "model.embed_tokens", "norm_f": "model.norm", "lm_head": "lm_head"},
         "model.layers.{i}",
         {"norm1": "input_layernorm", "norm2": "post_attention_layernorm",
-         "attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj", "attn.v_proj": "self_attn.v_proj",
+         "attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          "attn.o_proj": "self_attn.o_proj",
          "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj"},
     ),
     "gpt2": (
         {"wte": "transformer.wte", "wpe": "transformer.wpe", "norm_f": "transformer.ln_f", "lm_head": "lm_head"},
         "transformer.h.{i}",
-        {"norm1": "ln_1", "norm2": "ln_2",
-         "attn.q_proj": "attn.c_attn", "attn.k_proj": "attn.c_attn", "attn.v_proj": "attn.c_attn",
+        {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv_proj": "attn.c_attn",
          "attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"},
     ),
 }
@@ -63,14 +63,23 @@ HF_NAMES = {
 NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
-def hf_name(name, family):
-    """Our parameter name -> the Hugging Face tensor that holds it (GPT-2's q, k and v share c_attn)."""
+def hf_names(name, family):
+    """Our parameter name -> the Hugging Face tensors that hold it, in the order they are stacked."""
     top, block_prefix, inside = HF_NAMES[family]
     module, param = name.rsplit(".", 1)
     if module.startswith("blocks."):
         _, i, rest = module.split(".", 2)
-        return f"{block_prefix.format(i=i)}.{inside[rest]}.{param}"
-    return f"{top[module]}.{param}"
+        theirs = inside[rest] if isinstance(inside[rest], tuple) else (inside[rest],)
+        return [f"{block_prefix.format(i=i)}.{part}.{param}" for part in theirs]
+    return [f"{top[module]}.{param}"]
+
+
+def row_sizes(name, config):
+    """How many rows of our parameter `name` each of its Hugging Face tensors holds (hf_names' order)."""
+    if ".attn.qkv_proj." in name and config.family == "llama":
+        return [config.n_head * config.head_dim, config.n_kv_head * config.head_dim,
+                config.n_kv_head * config.head_dim]
+    return None  # one tensor
 
 
 def _is_conv1d(name, tensor, family):
@@ -238,22 +247,31 @@ def load_hf_state(model, tensors, source):
         if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
             name = "transformer." + name
         found[name] = tensor
-    ours = {name: hf_name(name, family) for name in model.state_dict() if not (tied and name == "lm_head.weight")}
-    missing = sorted(set(ours.values()) - set(found))
+    ours = {name: hf_names(name, family) for name in model.state_dict()
+            if not (tied and name == "lm_head.weight")}
+    wanted = {theirs for names in ours.values() for theirs in names}
+    missing = sorted(wanted - set(found))
     if missing:
         raise UserError(f"{source}: missing tensor '{missing[0]}'" + (f" (and {len(missing) - 1} more)"
                                                                       if len(missing) > 1 else ""))
-    unexpected = sorted(set(found) - set(ours.values()))
+    unexpected = sorted(set(found) - wanted)
     if unexpected:
         raise UserError(f"{source}: unexpected tensor '{unexpected[0]}' (not part of a {family} model "
                         f"with this config.json)")
+    expected = model.state_dict()
     state = {}
     for name, theirs in ours.items():
-        tensor = found[theirs]
+        parts = [found[part] for part in theirs]
+        sizes = row_sizes(name, model.config)
+        if sizes is not None:  # check each part, so that an error names the file's tensor
+            for part, tensor, rows in zip(theirs, parts, sizes):
+                shape = (rows, *expected[name].shape[1:])
+                if tuple(tensor.shape) != shape:
+                    raise UserError(f"{source}: tensor '{part}' has shape {tuple(tensor.shape)}, "
+                                    f"the config expects {shape}")
+        tensor = torch.cat(parts) if len(parts) > 1 else parts[0]
         if _is_conv1d(name, tensor, family):
             tensor = tensor.t()
-        if theirs.endswith(("c_attn.weight", "c_attn.bias")):
-            tensor = tensor.chunk(3, dim=0)["qkv".index(name.split(".")[-2][0])]  # fused [q; k; v]
         state[name] = tensor
     load_state(model, state, source)
 
@@ -261,17 +279,17 @@ def load_hf_state(model, tensors, source):
 def hf_state(model) -> dict[str, torch.Tensor]:
     """The model's tensors under Hugging Face names and layouts (the inverse of load_hf_state)."""
     family, tied = model.config.family, model.config.tie_embeddings
-    parts: dict[str, list[torch.Tensor]] = {}
+    state = {}
     for name, tensor in model.state_dict().items():
         if tied and name == "lm_head.weight":
             continue
-        parts.setdefault(hf_name(name, family), []).append(tensor.detach())  # q, k, v arrive in that order
-    state = {}
-    for theirs, tensors in parts.items():
-        tensor = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-        if family == "gpt2" and theirs.startswith("transformer.h.") and tensor.dim() == 2:
+        tensor = tensor.detach()
+        if _is_conv1d(name, tensor, family):
             tensor = tensor.t()  # Conv1D: (in, out)
-        state[theirs] = tensor.contiguous().cpu()
+        theirs = hf_names(name, family)
+        parts = tensor.split(row_sizes(name, model.config)) if len(theirs) > 1 else [tensor]
+        for part, value in zip(theirs, parts):
+            state[part] = value.contiguous().cpu()
     return state
 
 

@@ -102,10 +102,10 @@ def rotary_tables(head_dim, length, theta, device=None):
 
 
 def apply_rotary(x, cos, signed_sin):
-    """x (B, h, T, hd); cos, signed_sin (B, 1, T, hd); the result has x's dtype. With x = [x1, x2] (the two halves) this is
-    x * cos + [-x2, x1] * sin, each pair (x1_j, x2_j) rotated by its angle. [-x2, x1] * sin is written as
-    [x2, x1] * [-sin, sin]: torch.roll makes [x2, x1] in one operator call where slicing, negating and
-    concatenating take four."""
+    """x (B, h, T, hd); cos, signed_sin (T, hd), or (B, 1, T, hd) when rows sit at different positions; the
+    result has x's dtype. With x = [x1, x2] (the two halves) this is x * cos + [-x2, x1] * sin, each pair
+    (x1_j, x2_j) rotated by its angle. [-x2, x1] * sin is written as [x2, x1] * [-sin, sin]: torch.roll makes
+    [x2, x1] in one operator call where slicing, negating and concatenating take four."""
     out = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
     return out if out.dtype == x.dtype else out.to(x.dtype)  # under autocast, bf16 x times float32 tables
 
@@ -161,19 +161,22 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         qkv_bias = config.bias or config.qkv_bias
-        self.q_proj = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * config.head_dim, bias=qkv_bias)
+        # q, k and v come from one matrix, rows [W_q; W_k; W_v] (GPT-2's c_attn): one matrix product where three
+        # take longer, on a CPU above all (hf.py splits and joins it for Hugging Face's separate q/k/v_proj)
+        self.qkv_proj = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+                                  bias=qkv_bias)
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.attend = sdpa_attention
 
     def forward(self, x, rotary, kv_cache, layer, attn_mask, is_causal):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, h_kv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, h_kv, T, hd)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        h, h_kv = self.n_head, self.n_kv_head
+        qkv = self.qkv_proj(x).view(B, T, h + 2 * h_kv, self.head_dim).transpose(1, 2)  # (B, h + 2h_kv, T, hd)
+        if rotary is None:
+            q, k, v = qkv.split([h, h_kv, h_kv], dim=1)  # (B, h, T, hd), (B, h_kv, T, hd), (B, h_kv, T, hd)
+        else:
+            qk, v = qkv.split([h + h_kv, h_kv], dim=1)
+            q, k = apply_rotary(qk, *rotary).split([h, h_kv], dim=1)  # q and k rotated in one go
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, h_kv, T_past + T, hd); only each row's own when shared
         if kv_cache is not None and kv_cache.prompt_k is not None:
@@ -181,7 +184,7 @@ class Attention(nn.Module):
                                         k, v)
         else:
             y = self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, h, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, h * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -320,9 +323,6 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        positions = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
-        if left_pad is not None:
-            positions = (positions - left_pad[:, None]).clamp(min=0)
         if kv_cache is not None and kv_cache.prompt_k is not None:
             attn_mask, is_causal = None, False  # shared_prompt_attention masks the prompts' padding itself
         else:
@@ -330,11 +330,19 @@ class GPT(nn.Module):
 
         x = self.wte(idx)  # (B, T, C)
         rotary = None
-        if self.config.family == "gpt2":
-            x = x + self.wpe(positions)
-        else:
-            rotary = (self.rope_cos[positions][:, None].to(x.dtype),   # (B, 1, T, hd)
-                      self.rope_signed_sin[positions][:, None].to(x.dtype))
+        if left_pad is None:  # every row at positions start..start+T-1
+            if self.config.family == "gpt2":
+                x = x + self.wpe.weight.narrow(0, start, T)
+            else:  # rows of the tables, (T, hd), shared by all rows and heads: views, no gather
+                rotary = (self.rope_cos.narrow(0, start, T).to(x.dtype),
+                          self.rope_signed_sin.narrow(0, start, T).to(x.dtype))
+        else:  # positions count from each row's first real token
+            positions = (torch.arange(start, start + T, device=idx.device) - left_pad[:, None]).clamp(min=0)  # (B, T)
+            if self.config.family == "gpt2":
+                x = x + self.wpe(positions)
+            else:
+                rotary = (self.rope_cos[positions][:, None].to(x.dtype),  # (B, 1, T, hd)
+                          self.rope_signed_sin[positions][:, None].to(x.dtype))
         for layer, block in enumerate(self.blocks):
             if self.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, rotary, kv_cache, layer, attn_mask, is_causal, use_reentrant=False)
@@ -445,8 +453,20 @@ def load_model(directory, device="cpu"):
     return model.to(device)
 
 
+def join_qkv(tensors):
+    """Checkpoints written before q, k and v became one matrix hold blocks.{i}.attn.q_proj/k_proj/v_proj:
+    returns `tensors` with each such trio joined into attn.qkv_proj, rows [q; k; v]."""
+    tensors = dict(tensors)
+    for q_name in [name for name in tensors if ".attn.q_proj." in name]:
+        names = [q_name.replace(".q_proj.", f".{part}.") for part in ("q_proj", "k_proj", "v_proj")]
+        if all(name in tensors for name in names):
+            tensors[q_name.replace(".q_proj.", ".qkv_proj.")] = torch.cat([tensors.pop(name) for name in names])
+    return tensors
+
+
 def load_state(model, tensors, source):
     """Copy `tensors` into the model, checking names and shapes first (nothing is half-loaded)."""
+    tensors = join_qkv(tensors)
     expected = {name: t for name, t in model.state_dict().items()
                 if not (model.config.tie_embeddings and name == "lm_head.weight")}
     for name in expected:

@@ -82,7 +82,7 @@ def test_fsdp_with_accumulation_checkpoints_move_between_1_and_2_processes(one_p
     torchrun("train_sft.py", *sft_flags(cfg), "--parallel=fsdp", "--grad_accum=2", "--stop_after=2",
              f"--out_dir={root / 'fsdp'}")
     saved = weights(root / "fsdp")
-    assert saved["blocks.0.attn.q_proj.weight"].shape == (32, 32)  # the full tensor, not one rank's shard
+    assert saved["blocks.0.attn.qkv_proj.weight"].shape == (96, 32)  # the full tensor, not one rank's shard
     # ... step 3 by one plain process from that checkpoint (model, optimizer state, step) ...
     train_sft(replace(cfg, out_dir=str(root / "fsdp"), resume=True, stop_after=3, save_every=1))
     # ... and step 4 sharded again over 2 processes, the optimizer state split from the 1-process file

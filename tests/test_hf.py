@@ -93,7 +93,7 @@ def test_logits_match_transformers(saved, kind):
         assert (directory / "model.safetensors.index.json").is_file()
         assert ours.config.n_kv_head == 2 and ours.config.rope_theta == 500.0
     if kind == "qwen2":
-        assert ours.config.qkv_bias and ours.blocks[0].attn.q_proj.bias.abs().sum() > 0
+        assert ours.config.qkv_bias and ours.blocks[0].attn.qkv_proj.bias.abs().sum() > 0
     assert_same_logits(ours, reference, tokens())
 
 
@@ -231,6 +231,8 @@ def test_qwen2_sliding_window_is_refused(saved, tmp_path):
     ("drop", "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
     ("add", "unexpected tensor 'model.layers.2.mlp.up_proj.weight'"),
     ("reshape", r"'blocks.1.mlp.up_proj.weight' has shape \(96, 32\)"),
+    ("reshape k",  # one of the three tensors our qkv_proj is made of
+     r"'model.layers.1.self_attn.k_proj.weight' has shape \(16, 64\), the config expects \(32, 64\)"),
 ])
 def test_missing_unexpected_or_misshaped_tensor_is_named(saved, tmp_path, change, message):
     _, directory = saved["llama-tied"]
@@ -240,8 +242,11 @@ def test_missing_unexpected_or_misshaped_tensor_is_named(saved, tmp_path, change
         del tensors[name]
     elif change == "add":
         tensors[name.replace("1", "2")] = tensors[name].clone()
-    else:
+    elif change == "reshape":
         tensors[name] = tensors[name][:, :32].contiguous()
+    else:
+        k_name = "model.layers.1.self_attn.k_proj.weight"
+        tensors[k_name] = tensors[k_name][:16].contiguous()
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     (tmp_path / "config.json").write_text((directory / "config.json").read_text())
     with pytest.raises(UserError, match=message):

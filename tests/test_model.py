@@ -186,6 +186,31 @@ def test_save_load_identical_logits(tmp_path, family):
     assert loaded.config == model.config
 
 
+def test_checkpoint_with_separate_q_k_v_loads(tmp_path):
+    """Model files written before q, k and v became one matrix (attn.q_proj, k_proj, v_proj) still load, into
+    the same function."""
+    from safetensors.torch import load_file, save_file
+
+    model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16,
+                            qkv_bias=True))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv_proj.bias.normal_()  # not zeros: the biases must land in the right rows too
+    save_model(model, tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    old = {}
+    for name, t in tensors.items():
+        if ".qkv_proj." in name:  # rows [q (4 heads x 8); k (2 x 8); v (2 x 8)]
+            for part, rows in zip(("q_proj", "k_proj", "v_proj"), t.split([32, 16, 16])):
+                old[name.replace("qkv_proj", part)] = rows.contiguous()
+        else:
+            old[name] = t
+    save_file(old, str(tmp_path / "model.safetensors"))
+    loaded = load_model(tmp_path)
+    idx = torch.randint(0, 64, (2, 16))
+    assert torch.equal(model(idx)[0], loaded(idx)[0])
+
+
 def test_load_errors_name_the_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -198,9 +223,9 @@ def test_load_errors_name_the_tensor(tmp_path):
         load_model(tmp_path)
 
     wrong = dict(tensors)
-    wrong["blocks.0.attn.k_proj.weight"] = torch.zeros(3, 3)
+    wrong["blocks.0.attn.o_proj.weight"] = torch.zeros(3, 3)
     save_file(wrong, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UserError, match="'blocks.0.attn.k_proj.weight' has shape"):
+    with pytest.raises(UserError, match="'blocks.0.attn.o_proj.weight' has shape"):
         load_model(tmp_path)
 
     (tmp_path / "config.json").write_text(json.dumps({"nanoaft": {"n_layr": 2}}))
