@@ -59,11 +59,17 @@ def test_generated_logprobs_equal_teacher_forced_scores():
     assert torch.equal(count, torch.full((4,), 10.0))
 
 
-def test_end_of_text_stops_each_row():
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_end_of_text_stops_each_row(temperature):
     model = tiny()
-    free = generate(model, prompts(), 10, temperature=0)  # greedy, never stopped
+
+    def run(eot_id=None):  # the same seed: rows draw the same numbers whether or not an end-of-text stops them
+        return generate(model, prompts(), 10, temperature=temperature, eot_id=eot_id,
+                        generator=torch.Generator().manual_seed(5))
+
+    free = run()  # never stopped
     eot = free.tokens[0, 2].item()  # call the third token of row 0 "end-of-text"
-    out = generate(model, prompts(), 10, temperature=0, eot_id=eot)
+    out = run(eot)
     for row in range(3):
         seen = (free.tokens[row] == eot).nonzero()
         length = seen[0].item() + 1 if len(seen) else 10
