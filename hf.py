@@ -10,10 +10,11 @@ model.safetensors.index.json), for GPT-2 and the LLaMA family (Llama, Qwen2, Smo
 How the names and layouts differ from ours (model.py):
 - LLaMA family: model.embed_tokens / model.layers.{i}.{input_layernorm, self_attn.*, post_attention_layernorm,
   mlp.*} / model.norm / lm_head. The rotary layout is already ours (half split), so no weight is permuted.
-  Qwen2 is LLaMA with q/k/v biases; SmolLM is LLaMA with grouped-query attention and a tied head.
+  Their separate self_attn.q_proj, k_proj and v_proj are stacked into our one attn.qkv_proj, and split again
+  on the way out. Qwen2 is LLaMA with q/k/v biases; SmolLM is LLaMA with grouped-query attention and a tied head.
 - GPT-2: transformer.{wte, wpe, h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_f}.
   Its linear layers are "Conv1D" modules that store weights as (in, out), the transpose of nn.Linear, and
-  q, k and v are one fused c_attn matrix. Older files lack the "transformer." prefix and carry the causal-mask
+  q, k and v are one fused c_attn matrix, as in ours. Older files lack the "transformer." prefix and carry the causal-mask
   buffers attn.bias / attn.masked_bias, which are not weights.
 - A tied head is absent from the file, and is not written.
 
