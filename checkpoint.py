@@ -242,7 +242,8 @@ def read_optimizer_state(optimizer, path):
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise UserError(f"{trainer_path}: the saved optimizer has parameter groups of sizes "
                         f"{[len(g['params']) for g in groups]}, this one "
-                        f"{[len(g['params']) for g in optimizer.param_groups]}")
+                        f"{[len(g['params']) for g in optimizer.param_groups]} (another model, or a run saved "
+                        f"before q, k and v became one matrix: its model.safetensors still loads)")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {}
     for key, value in tensors.items():

@@ -72,14 +72,16 @@ def pick_next(logits, temperature, top_k, top_p, generator):
 
 
 def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
-             eot_id=None, generator=None, use_cache=True, n_vocab=None):
+             eot_id=None, generator=None, use_cache=True, n_vocab=None, share_prompt=None):
     """Continue each prompt (a list of token-id lists) num_samples times.
 
     Rows come out prompt-major: prompt i's samples are rows i*num_samples .. i*num_samples+num_samples-1.
     Prompts of different lengths are left-padded. n_vocab: the tokenizer's size; ids at or above it (the
     padding rows of an embedding larger than the tokenizer, as Qwen2's) are never drawn, and log-probs are over
-    the tokenizer's ids. With use_cache=False every step recomputes the whole
-    sequence (same result, much slower; kept for the benchmark and as a test oracle)."""
+    the tokenizer's ids. share_prompt: keep each prompt's keys and values once for its num_samples rows (True)
+    or copy them to every row (False); None lets KVCache.fan_out choose by the number of rows. With
+    use_cache=False every step recomputes the whole sequence (same result, much slower; kept for the benchmark
+    and as a test oracle)."""
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
                          f"(got {temperature}, {top_p}, {top_k})")
@@ -106,7 +108,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
         logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
         logits = logits[:, -1, :n_vocab].float().repeat_interleave(num_samples, dim=0)  # (N, V)
         if use_cache:
-            cache.fan_out(num_samples, left_pad)  # many rows: each prompt's keys stay stored once
+            cache.fan_out(num_samples, left_pad, share=share_prompt)  # many rows: each prompt's keys stored once
         if left_pad is not None:
             left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
         seq = idx.repeat_interleave(num_samples, dim=0)  # (N, Tp), only needed without the cache

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import best_of  # noqa: E402
 from configurator import main  # noqa: E402
-from model import GPT, KVCache, ModelConfig  # noqa: E402
+from model import GPT, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
 from sequences import DTYPES, autocast, pick_device  # noqa: E402
 from train_sft import Config as SFTConfig  # noqa: E402
@@ -49,17 +49,13 @@ def run(cfg):
     prompts = [torch.randint(0, 512, (max(1, int(n)),)).tolist() for n in lengths]
 
     def sample(share):
-        KVCache.SHARE_FROM_ROWS = 1 if share else float("inf")
         g = torch.Generator(device=device).manual_seed(cfg.seed)
         with autocast(device, cfg.dtype):
-            return generate(model, prompts, cfg.new_tokens, num_samples=cfg.k, temperature=1.0, generator=g)
+            return generate(model, prompts, cfg.new_tokens, num_samples=cfg.k, temperature=1.0, generator=g,
+                            share_prompt=share)
 
-    default_threshold = KVCache.SHARE_FROM_ROWS
-    try:
-        best, tokens = best_of({"shared": lambda: sample(True).tokens, "copied": lambda: sample(False).tokens},
-                               cfg.repeats, device)
-    finally:
-        KVCache.SHARE_FROM_ROWS = default_threshold
+    best, tokens = best_of({"shared": lambda: sample(True).tokens, "copied": lambda: sample(False).tokens},
+                           cfg.repeats, device)
     made = cfg.questions * cfg.k * cfg.new_tokens
     same = (tokens["shared"] == tokens["copied"]).float().mean().item()
     if cfg.dtype == "float32" and same != 1.0:

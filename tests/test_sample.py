@@ -27,6 +27,22 @@ def test_cache_and_no_cache_give_the_same_samples(family, num_samples):
     assert (runs[0].logprobs - runs[1].logprobs).abs().max().item() < 1e-5
 
 
+def test_share_prompt_forces_or_forbids_sharing_with_the_same_samples(monkeypatch):
+    import model as model_module
+
+    calls = []
+    shared = model_module.shared_prompt_attention
+    monkeypatch.setattr(model_module, "shared_prompt_attention", lambda *a: calls.append(1) or shared(*a))
+    model = tiny("llama_gqa")
+    runs = {}
+    for share in (True, False, None):  # 3 prompts x 2 rows: below KVCache.SHARE_FROM_ROWS
+        calls.clear()
+        runs[share] = generate(model, prompts(), 6, num_samples=2, temperature=1.0, share_prompt=share,
+                               generator=torch.Generator().manual_seed(3))
+        assert bool(calls) == (share is True)
+    assert torch.equal(runs[True].tokens, runs[False].tokens) and torch.equal(runs[False].tokens, runs[None].tokens)
+
+
 def test_greedy_is_deterministic_and_seed_reproduces():
     model = tiny()
     a = generate(model, prompts(), 10, temperature=0)
