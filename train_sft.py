@@ -71,7 +71,7 @@ class Config:
     # scale and speed (distributed.py)
     parallel: str = field(default="ddp", metadata={"choices": distributed.PARALLEL})  # under torchrun: replicas or shards
     checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
-    compile: bool = False           # torch.compile the model (~40 s to compile on a CPU; pays off on GPUs)
+    compile: bool = False           # torch.compile the model (~15 s to compile on a CPU for ~6%; pays off on GPUs)
     # bookkeeping
     out_dir: str = "out/vft"        # run directory: checkpoint/, history.json
     log_every: int = 50             # steps between progress lines
