@@ -141,7 +141,7 @@ def boundary_loss(scores, grades, valid, beta=BETA):
     return _log_one_plus_sum_exp(_boundary_logits(s, _ordered_pairs(grades, valid), beta))
 
 
-def rrhf_loss(scores, grades, valid, detach_worse=False):
+def rrhf_loss(scores, grades, valid, *, detach_worse=False):
     """RRHF (Yuan et al. 2023), per question:
 
         sum_{r_i > r_j} max(0, s_j - s_i) + L_NLL(best),   L_NLL(best) = -s(best)         [paper] (docs/method.md 6.2)
@@ -158,7 +158,7 @@ def rrhf_loss(scores, grades, valid, detach_worse=False):
     return torch.where(better.flatten(1).any(dim=1), per_question, 0.0)
 
 
-def pro_loss(scores, grades, valid, detach_worse=False):
+def pro_loss(scores, grades, valid, *, detach_worse=False):
     """PRO (Song et al. 2023), per question, candidates sorted best first:
 
         -sum_m log(exp(s_m) / sum_{i ranked at or below m} exp(s_i)) + L_NLL(best)  [paper] (docs/method.md 6.3)
@@ -178,7 +178,7 @@ def pro_loss(scores, grades, valid, detach_worse=False):
     return torch.where(better.flatten(1).any(dim=1), per_question, 0.0)
 
 
-def dpo_loss(policy_logps, reference_logps, grades, valid, beta_dpo=0.1, detach_worse=False):
+def dpo_loss(policy_logps, reference_logps, grades, valid, beta_dpo=0.1, *, detach_worse=False):
     """DPO (Rafailov et al. 2023), the mean over a question's ordered pairs (w better than l) of
 
         -log sigmoid(beta_dpo * ((S_w - S_w^ref) - (S_l - S_l^ref)))                [paper] (docs/method.md 6.4)

@@ -140,6 +140,15 @@ def test_one_beta_default_and_no_second_losses_tuple():
     assert not hasattr(L, "LOSSES") and not hasattr(L, "BOUNDARY_BETA")
 
 
+def test_detach_worse_is_keyword_only():
+    # a constraint name passed where the old signature took it would be a truthy string: refused, not detached
+    s, g, v = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask([[1, 1]])
+    for call in (lambda: L.rrhf_loss(s, g, v, "none"), lambda: L.pro_loss(s, g, v, "none"),
+                 lambda: L.dpo_loss(s, s, g, v, 0.1, "none")):
+        with pytest.raises(TypeError):
+            call()
+
+
 def test_unknown_constraints_are_named():
     s, g, v = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask([[1, 1]])
     for fn in (L.alignment_loss, L.ranking_alignment_loss):
