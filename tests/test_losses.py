@@ -1,8 +1,10 @@
 """
-Tests of losses.py: golden values worked out by hand (math.exp / math.log, never the function under test),
-gradient directions, the ranking form against the binary form, padding invariance and numerical stability.
+Tests of losses.py: golden values worked out by hand (math.exp / math.log, never the function under test), gradient
+directions, an independent loop-by-loop reimplementation of every loss x constraint, the ranking form against the
+binary form, padding invariance and numerical stability. Every loss returns one value per question, (B,).
 """
 
+import inspect
 import math
 
 import pytest
@@ -10,7 +12,9 @@ import torch
 
 import losses as L
 
-BETA = 0.5  # boundary beta used in the hand computations below
+BETA = 0.5  # boundary beta used in the hand computations below (round numbers), not the default L.BETA
+NAMES = ("aft", "aft_rank", "rrhf", "pro", "dpo")
+BASELINES = {"rrhf": L.rrhf_loss, "pro": L.pro_loss}
 
 
 def leaf(rows):
@@ -31,29 +35,30 @@ def sig(x):
 
 
 def preference_loss(name, scores, grades, valid, constraint, reference=None):
-    """Every preference loss behind one call, so that one test covers them all. For "aft" the grades must be 0/1.
-    DPO gets policy S = 4 * s (a 4-token response) and, unless given, a reference of -3 per candidate."""
+    """Every preference loss behind one call, assembled the way the trainer does (docs/method.md section 7): AFT
+    takes the constraint; a baseline's dc is detach_worse and its bc adds boundary_loss. For "aft" the grades must be
+    0/1. DPO gets policy S = 4 * s (a 4-token response) and, unless given, a reference of -3 per candidate."""
     if name == "aft":
         return L.alignment_loss(scores, grades, valid, constraint, beta=BETA)
     if name == "aft_rank":
         return L.ranking_alignment_loss(scores, grades, valid, constraint, beta=BETA)
-    if name == "rrhf":
-        return L.rrhf_loss(scores, grades, valid, constraint, beta=BETA)
-    if name == "pro":
-        return L.pro_loss(scores, grades, valid, constraint, beta=BETA)
-    if reference is None:
-        reference = torch.full_like(scores, -3.0).detach()
-    return L.dpo_loss(4 * scores, reference, grades, valid, beta_dpo=0.1, constraint=constraint, scores=scores,
-                      beta=BETA)
+    if name == "dpo":
+        reference = torch.full_like(scores, -3.0).detach() if reference is None else reference
+        loss = L.dpo_loss(4 * scores, reference, grades, valid, beta_dpo=0.1, detach_worse=constraint == "dc")
+    else:
+        loss = BASELINES[name](scores, grades, valid, detach_worse=constraint == "dc")
+    return loss + L.boundary_loss(scores, grades, valid, beta=BETA) if constraint == "bc" else loss
 
 
-ALL = [(name, c) for name in L.LOSSES for c in L.CONSTRAINTS]
+ALL = [(name, c) for name in NAMES for c in L.CONSTRAINTS]
 
 
 def value_and_grad(name, scores, grades, valid, constraint, reference=None):
+    """Per-question values (B,) and the gradient of their sum w.r.t. the scores (B, K)."""
     scores = scores.detach().clone().requires_grad_(True)
     loss = preference_loss(name, scores, grades, valid, constraint, reference)
-    loss.backward()
+    assert loss.shape == scores.shape[:1]
+    loss.sum().backward()
     return loss.detach(), scores.grad
 
 
@@ -123,16 +128,61 @@ def test_empty_row_scores_zero_with_finite_gradient():
 
 
 # -----------------------------------------------------------------------------
+# The one beta, the constraint switch, wrong inputs
+
+
+def test_one_beta_default_and_no_second_losses_tuple():
+    assert L.BETA == 0.05
+    for fn in (L.alignment_loss, L.ranking_alignment_loss, L.boundary_loss):
+        assert inspect.signature(fn).parameters["beta"].default == L.BETA, fn.__name__
+    for fn in (L.rrhf_loss, L.pro_loss, L.dpo_loss):  # baselines keep their published signature + detach_worse
+        assert "constraint" not in inspect.signature(fn).parameters and "beta" not in inspect.signature(fn).parameters
+    assert not hasattr(L, "LOSSES") and not hasattr(L, "BOUNDARY_BETA")
+
+
+def test_detach_worse_is_keyword_only():
+    # a constraint name passed where the old signature took it would be a truthy string: refused, not detached
+    s, g, v = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask([[1, 1]])
+    for call in (lambda: L.rrhf_loss(s, g, v, "none"), lambda: L.pro_loss(s, g, v, "none"),
+                 lambda: L.dpo_loss(s, s, g, v, 0.1, "none")):
+        with pytest.raises(TypeError):
+            call()
+
+
+def test_unknown_constraints_are_named():
+    s, g, v = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask([[1, 1]])
+    for fn in (L.alignment_loss, L.ranking_alignment_loss):
+        with pytest.raises(ValueError, match="none, dc, bc"):
+            fn(s, g, v, "boundary")
+
+
+def test_alignment_loss_refuses_labels_that_are_not_0_or_1():
+    s, v = torch.zeros(2, 3), mask([[1, 1, 1], [1, 1, 0]])
+    for grades in ([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]],
+                   [[1.0, 0.0, 0.0], [1.0, -1.0, 0.0]], [[1.0, 0.0, 0.0], [1.0, torch.nan, 0.0]]):
+        with pytest.raises(ValueError, match="ranking_alignment_loss"):
+            L.alignment_loss(s, torch.tensor(grades), v)
+    # padding may hold anything; bool labels are 0/1 too
+    L.alignment_loss(s, torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, torch.nan]]), v)
+    L.alignment_loss(s, mask([[1, 0, 0], [1, 0, 1]]), v)
+
+
+def test_questions_with_pair():
+    grades = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 1.0, 0.0], [1.0, 0.0, torch.nan]])
+    valid = mask([[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 0, 0]])
+    assert L.questions_with_pair(grades, valid).tolist() == [True, False, False, False]
+
+
+# -----------------------------------------------------------------------------
 # Golden values, by hand
 
 
-def test_nll_golden():
-    scores = leaf([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
-    loss = L.nll_loss(scores, mask([[1, 0, 1], [0, 1, 0]]))
-    assert loss.item() == pytest.approx((1.0 + 3.0 + 5.0) / 3, abs=1e-12)  # mean of -s over 3 selected
-    loss.backward()
-    third = 1 / 3
-    assert scores.grad.flatten().tolist() == pytest.approx([-third, 0, -third, 0, -third, 0], abs=1e-12)
+def test_nll_golden_per_question():
+    scores = leaf([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0], [torch.nan, -1.0, -1.0]])
+    loss = L.nll_loss(scores, mask([[1, 0, 1], [0, 1, 0], [0, 0, 0]]))
+    assert loss.tolist() == pytest.approx([(1.0 + 3.0) / 2, 5.0, 0.0], abs=1e-12)  # mean of -s over the selected
+    loss.sum().backward()
+    assert scores.grad.flatten().tolist() == [-0.5, 0, -0.5, 0, -1.0, 0, 0, 0, 0]
 
 
 def test_alignment_loss_golden():
@@ -150,7 +200,8 @@ def test_alignment_loss_golden():
     for constraint in L.CONSTRAINTS:
         scores = leaf([[-1.0, -1.5, -1.2, -2.0]])
         loss = L.alignment_loss(scores, labels, valid, constraint, beta=BETA)
-        loss.backward()
+        assert loss.shape == (1,)
+        loss.sum().backward()
         got[constraint] = (loss.item(), scores.grad[0].tolist())
     assert got["none"][0] == pytest.approx(math.log(z_a), abs=1e-12)
     assert got["dc"][0] == pytest.approx(math.log(z_a), abs=1e-12)
@@ -197,9 +248,30 @@ def test_ranking_alignment_loss_golden():
     for constraint in L.CONSTRAINTS:
         scores = leaf([[-1.0, -1.3, -1.6]])
         loss = L.ranking_alignment_loss(scores, grades, valid, constraint, beta=BETA)
-        loss.backward()
+        loss.sum().backward()
         assert loss.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
         assert scores.grad[0].tolist() == pytest.approx(expected_grad[constraint], abs=1e-12), constraint
+
+
+def test_boundary_loss_golden():
+    # the pairs and T_ij of the ranking golden above: s = (-1.0, -1.3, -1.6), grades (2, 1, 0), beta 0.5
+    # T_01 - s1 = -0.7, T_02 - s2 = -1.0, T_12 - s2 = -0.7; a second question has no pair and gives 0
+    e = [math.exp(-0.7), math.exp(-1.0), math.exp(-0.7)]
+    z = 1 + sum(e)
+    scores = leaf([[-1.0, -1.3, -1.6], [0.4, -0.2, 9.0]])
+    loss = L.boundary_loss(scores, torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 0.0]]), mask([[1, 1, 1], [1, 1, 0]]),
+                           beta=BETA)
+    assert loss.tolist() == pytest.approx([math.log(z), 0.0], abs=1e-12)
+    loss.sum().backward()
+    # every term has d/ds_j = -1 and d/ds_i = -1 (through T_ij = 2 B_j - s_i; B_j is detached): all are lifted
+    # d/ds0 = -(e01 + e02) / Z, d/ds1 = -(e01 + e12) / Z (worse in (0,1), better in (1,2)), d/ds2 = -(e02 + e12) / Z
+    assert scores.grad[0].tolist() == pytest.approx([-(e[0] + e[1]) / z, -(e[0] + e[2]) / z, -(e[1] + e[2]) / z],
+                                                    abs=1e-12)
+    assert scores.grad[1].tolist() == [0.0, 0.0, 0.0]
+    # with the default beta the boundary of the single pair (0, 1) sits at s0 - L.BETA
+    two = leaf([[0.0, -L.BETA]])
+    L.boundary_loss(two, torch.tensor([[1.0, 0.0]]), mask([[1, 1]])).sum().backward()
+    assert two.grad[0].tolist() == pytest.approx([-math.exp(-L.BETA) / (1 + math.exp(-L.BETA))] * 2, abs=1e-7)
 
 
 def test_rrhf_golden():
@@ -209,24 +281,23 @@ def test_rrhf_golden():
     # bc: B_1 = s0 - 0.5 = -1.5, B_2 = min(s0, s1) - 0.5 = -1.5
     #     T_01 - s1 = -3 + 1.0 + 0.8 = -1.2; T_02 - s2 = -3 + 1.0 + 2.0 = 0.0; T_12 - s2 = -3 + 0.8 + 2.0 = -0.2
     boundary = math.log(1 + math.exp(-1.2) + math.exp(0.0) + math.exp(-0.2))
-    expected_value = {"none": 1.2, "dc": 1.2, "bc": 1.2 + boundary}
+    expected_value = {"none": 1.2, "dc": 1.2, "bc": 1.2 + boundary}  # bc: the former rrhf_loss(constraint="bc")
     # d/ds0: -1 (hinge 0,1) - 1 (NLL); d/ds1: +1 (hinge, as the worse one); d/ds2: 0 (no active hinge)
     expected_grad = {"none": [-2.0, 1.0, 0.0], "dc": [-2.0, 0.0, 0.0]}
     grades, valid = torch.tensor([[2.0, 1.0, 0.0]]), mask([[1, 1, 1]])
     for constraint in L.CONSTRAINTS:
-        scores = leaf([[-1.0, -0.8, -2.0]])
-        loss = L.rrhf_loss(scores, grades, valid, constraint, beta=BETA)
-        loss.backward()
-        assert loss.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
+        value, grad = value_and_grad("rrhf", torch.tensor([[-1.0, -0.8, -2.0]], dtype=torch.float64), grades, valid,
+                                     constraint)
+        assert value.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
         if constraint in expected_grad:
-            assert scores.grad[0].tolist() == pytest.approx(expected_grad[constraint], abs=1e-12), constraint
+            assert grad[0].tolist() == pytest.approx(expected_grad[constraint], abs=1e-12), constraint
 
 
 def test_rrhf_tie_for_best_goes_to_the_first():
     # grades (1, 1, 0), s = (-2.0, -1.0, -1.5): best = candidate 0 -> L_NLL = 2.0
     # hinges: (0,2) max(0, -1.5 + 2.0) = 0.5; (1,2) max(0, -1.5 + 1.0) = 0; the tie (0,1) is no pair
     loss = L.rrhf_loss(leaf([[-2.0, -1.0, -1.5]]), torch.tensor([[1.0, 1.0, 0.0]]), mask([[1, 1, 1]]))
-    assert loss.item() == pytest.approx(2.5, abs=1e-12)
+    assert loss.tolist() == pytest.approx([2.5], abs=1e-12)
 
 
 def test_pro_golden():
@@ -248,14 +319,13 @@ def test_pro_golden():
     expected_grad_b = {"none": e(b) / z0 + e(b) / zb - 1, "dc": e(b) / zb - 1}
     grades, valid = torch.tensor([[2.0, 1.0, 1.0, 0.0]]), mask([[1, 1, 1, 1]])
     for constraint in L.CONSTRAINTS:
-        scores = leaf([[a, b, c, d]])
-        loss = L.pro_loss(scores, grades, valid, constraint, beta=BETA)
-        loss.backward()
-        assert loss.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
+        value, grad = value_and_grad("pro", torch.tensor([[a, b, c, d]], dtype=torch.float64), grades, valid,
+                                     constraint)
+        assert value.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
         if constraint in expected_grad_b:
-            assert scores.grad[0, 1].item() == pytest.approx(expected_grad_b[constraint], abs=1e-12)
+            assert grad[0, 1].item() == pytest.approx(expected_grad_b[constraint], abs=1e-12)
         if constraint == "dc":
-            assert scores.grad[0, 3].item() == 0.0  # the worst one only ever sits in (detached) denominators
+            assert grad[0, 3].item() == 0.0  # the worst one only ever sits in (detached) denominators
 
 
 def test_dpo_golden():
@@ -275,40 +345,120 @@ def test_dpo_golden():
     for constraint in L.CONSTRAINTS:
         policy = leaf([[-10.0, -12.0, -9.0]])
         scores = leaf([[-1.0, -1.2, -2.0]])
-        loss = L.dpo_loss(policy, reference, grades, valid, beta_dpo=0.1, constraint=constraint, scores=scores,
-                          beta=BETA)
-        loss.backward()
+        loss = L.dpo_loss(policy, reference, grades, valid, beta_dpo=0.1, detach_worse=constraint == "dc")
+        if constraint == "bc":  # the trainer's bc: DPO + the boundary on the length-normalised scores
+            loss = loss + L.boundary_loss(scores, grades, valid, beta=BETA)
+        loss.sum().backward()
         assert loss.item() == pytest.approx(expected_value[constraint], abs=1e-12), constraint
         assert policy.grad[0, 0].item() == pytest.approx(grad_winner, abs=1e-12)
         assert policy.grad[0, 1].item() == pytest.approx(0.0 if constraint == "dc" else grad_loser_1, abs=1e-12)
-        if constraint != "bc":
-            assert scores.grad is None  # s only enters through the boundary
+        assert reference.grad is None
 
 
 def test_dpo_two_candidates_is_the_textbook_formula():
-    # K = 2: -log sigmoid(0.1 * ((-10 + 11) - (-12 + 11))) = -log sigmoid(0.2)
-    loss = L.dpo_loss(leaf([[-12.0, -10.0]]), torch.tensor([[-11.0, -11.0]], dtype=torch.float64),
-                      torch.tensor([[0.0, 1.0]]), mask([[1, 1]]), beta_dpo=0.1)
-    assert loss.item() == pytest.approx(-logsig(0.2), abs=1e-12)
+    # K = 2, one pair per question: -log sigmoid(0.1 * ((S_w - S_w^ref) - (S_l - S_l^ref))), row by row;
+    # rewards S - S_ref: (-1, 1) winner second, (1, -1) winner first, (-1, 1) winner first (margin -0.2)
+    policy = leaf([[-12.0, -10.0], [-5.0, -7.0], [-3.0, -3.0]])
+    reference = torch.tensor([[-11.0, -11.0], [-6.0, -6.0], [-2.0, -4.0]], dtype=torch.float64)
+    grades = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    loss = L.dpo_loss(policy, reference, grades, mask([[1, 1], [1, 1], [1, 1]]), beta_dpo=0.1)
+    assert loss.tolist() == pytest.approx([-logsig(0.2), -logsig(0.2), -logsig(-0.2)], abs=1e-12)
 
 
-@pytest.mark.parametrize("constraint", ["none", "dc"])
-def test_dpo_is_log2_when_policy_equals_reference(constraint):
+@pytest.mark.parametrize("detach_worse", [False, True])
+def test_dpo_is_log2_when_policy_equals_reference(detach_worse):
     g = torch.Generator().manual_seed(3)
     for K, grades in [(2, [[1.0, 0.0], [0.0, 1.0]]), (4, [[2.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]])]:
         policy = -50 * torch.rand(2, K, generator=g)
         loss = L.dpo_loss(policy, policy.clone(), torch.tensor(grades), torch.ones(2, K, dtype=torch.bool),
-                          constraint=constraint)
-        assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+                          detach_worse=detach_worse)
+        assert loss.tolist() == pytest.approx([math.log(2)] * 2, abs=1e-6)
 
 
-def test_dpo_bc_needs_scores_and_unknown_constraints_are_named():
-    s, g, v = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask([[1, 1]])
-    with pytest.raises(ValueError, match="scores"):
-        L.dpo_loss(s, s, g, v, constraint="bc")
-    for name in L.LOSSES:
-        with pytest.raises(ValueError, match="none, dc, bc"):
-            preference_loss(name, s, g, v, "boundary")
+# -----------------------------------------------------------------------------
+# An independent reimplementation: one question at a time, pair by pair, in Python loops over scalar tensors
+
+
+def loop_loss(name, constraint, s, r, v, reference=None, beta=BETA):
+    """The loss of one question, written from docs/method.md without any of losses.py's masking or broadcasting.
+    s (K,) float64 with grad, r (K,) grades as floats, v (K,) bools; bc of a baseline = the former one-function form
+    baseline + log(1 + sum exp(T_ij - s_j)). Returns a scalar tensor (0 without a pair)."""
+    idx = [k for k in range(len(v)) if v[k]]
+    pairs = [(i, j) for i in idx for j in idx if r[i] > r[j]]
+    if not pairs:
+        return torch.zeros((), dtype=torch.float64)
+    worse = {j: (s[j].detach() if constraint == "dc" else s[j]) for j in idx}
+    boundary_terms = []
+    for i, j in pairs:
+        if name == "aft":  # the paper's binary form: B from the worst positive
+            b = min(s[p].item() for p in idx if r[p] == 1) - beta
+        else:
+            b = min(s[k].item() for k in idx if r[k] > r[j]) - beta
+        boundary_terms.append(torch.exp(2 * b - s[i] - s[j]))
+    boundary = torch.log(1 + sum(boundary_terms)) if constraint == "bc" else 0.0
+    if name in ("aft", "aft_rank"):
+        terms = [torch.exp(worse[j] - s[i]) for i, j in pairs]
+        return torch.log(1 + sum(terms) + (sum(boundary_terms) if constraint == "bc" else 0.0))
+    best = max(idx, key=lambda k: (r[k], -k))  # highest grade, the first on ties
+    if name == "rrhf":
+        hinge = sum(torch.clamp(worse[j] - s[i], min=0.0) for i, j in pairs)
+        return hinge - s[best] + boundary
+    if name == "pro":
+        listwise = 0.0
+        for m in idx:
+            listwise = listwise + torch.log(torch.exp(s[m]) + sum(torch.exp(worse[k]) for k in idx if r[k] < r[m])) - s[m]
+        return listwise - s[best] + boundary
+    reward = [4 * s[k] - reference[k] for k in range(len(v))]
+    loser = [4 * worse[k] - reference[k] if k in worse else None for k in range(len(v))]
+    dpo = sum(torch.log(1 + torch.exp(-0.1 * (reward[i] - loser[j]))) for i, j in pairs) / len(pairs)
+    return dpo + boundary
+
+
+def random_groups(seed, B=6, K=5, levels=(0.25, 1.5)):
+    """Random scores with NaN in padding, grades drawn from `levels`, some candidates invalid."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, K, generator=g, dtype=torch.float64)
+    grades = torch.tensor(levels, dtype=torch.float64)[torch.randint(0, len(levels), (B, K), generator=g)]
+    valid = torch.rand(B, K, generator=g) < 0.8
+    valid[0] = True
+    grades[0] = torch.tensor(levels, dtype=torch.float64)[torch.arange(K) % len(levels)]  # one group surely has pairs
+    scores = torch.where(valid, scores, torch.nan)
+    return scores, grades, valid
+
+
+def grades_for(name, grades):
+    """Binary AFT takes 0/1 labels; the others take the multi-level grades as they are."""
+    return (grades > grades.nan_to_num().min()).double() if name == "aft" else grades
+
+
+@pytest.mark.parametrize("name,constraint", ALL)
+def test_matches_the_loop_reimplementation(name, constraint):
+    for seed in range(3):
+        scores, grades, valid = random_groups(20 + seed, B=5, K=5, levels=(0.0, 0.5, 1.0, 1.5))
+        grades = grades_for(name, grades)
+        reference = torch.where(valid, -3.0 + 0.5 * torch.randn(scores.shape, dtype=torch.float64), torch.nan)
+        value, grad = value_and_grad(name, scores, grades, valid, constraint, reference)
+        for b in range(scores.shape[0]):
+            s = scores[b].clone().requires_grad_(True)
+            expected = loop_loss(name, constraint, s, grades[b].tolist(), valid[b].tolist(), reference[b])
+            expected_grad = torch.autograd.grad(expected, s)[0] if expected.requires_grad else torch.zeros_like(s)
+            assert value[b].item() == pytest.approx(expected.item(), abs=1e-12), (seed, b)
+            torch.testing.assert_close(grad[b], expected_grad.nan_to_num(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rrhf", "pro", "dpo"])
+def test_baseline_plus_boundary_loss_is_the_former_bc_variant(name):
+    scores, grades, valid = random_groups(5, B=4, K=5, levels=(0.0, 1.0, 2.0))
+    reference = torch.where(valid, -3.0 + 0 * scores, torch.nan)
+    s = scores.clone().requires_grad_(True)
+    if name == "dpo":
+        baseline = L.dpo_loss(4 * s, reference, grades, valid)
+    else:
+        baseline = BASELINES[name](s, grades, valid)
+    assembled = baseline + L.boundary_loss(s, grades, valid, beta=BETA)  # what the trainer adds for bc
+    for b in range(4):
+        former = loop_loss(name, "bc", scores[b].clone(), grades[b].tolist(), valid[b].tolist(), reference[b])
+        assert assembled[b].item() == pytest.approx(former.item(), abs=1e-12)
 
 
 # -----------------------------------------------------------------------------
@@ -320,21 +470,31 @@ DIRECTION_SCORES = [[-1.0, -1.2, -0.5, -0.8, -1.1]]
 DIRECTION_LABELS = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])
 
 
-@pytest.mark.parametrize("name", L.LOSSES)
+@pytest.mark.parametrize("name", NAMES)
 def test_none_pushes_negatives_down_and_positives_up(name):
     _, grad = value_and_grad(name, torch.tensor(DIRECTION_SCORES), DIRECTION_LABELS, mask([[1] * 5]), "none")
     assert (grad[0, :2] < 0).all() and (grad[0, 2:] > 0).all(), grad
 
 
-@pytest.mark.parametrize("name", L.LOSSES)
+@pytest.mark.parametrize("name", NAMES)
 def test_dc_gives_negatives_exactly_zero_gradient(name):
     _, grad = value_and_grad(name, torch.tensor(DIRECTION_SCORES), DIRECTION_LABELS, mask([[1] * 5]), "dc")
     assert (grad[0, :2] < 0).all(), grad
     assert torch.count_nonzero(grad[0, 2:]) == 0, grad
 
 
+@pytest.mark.parametrize("name", ["rrhf", "pro", "dpo"])
+def test_detach_worse_gives_the_worst_candidate_no_gradient(name):
+    # three levels: the worst (grade 0) is only ever the worse one, the middle one is both
+    scores, grades = torch.tensor([[-1.0, -0.6, -0.7, -0.4]]), torch.tensor([[2.0, 1.0, 1.0, 0.0]])
+    _, grad = value_and_grad(name, scores, grades, mask([[1, 1, 1, 1]]), "dc")
+    assert grad[0, 3].item() == 0.0 and grad[0, 0] < 0, grad
+    _, grad_none = value_and_grad(name, scores, grades, mask([[1, 1, 1, 1]]), "none")
+    assert grad_none[0, 3] > 0, grad_none  # without the detach, the worst one is pushed down
+
+
 @pytest.mark.parametrize("name", ["aft", "aft_rank"])
-def test_bc_pushes_a_negative_towards_the_boundary(name):
+def test_bc_gradient_vanishes_at_the_boundary(name):
     # one pair, s_p = 0: B = -0.5. Above B the negative is pushed down, below it pulled up, at B left alone.
     grads = {}
     for s_n in (0.3, -0.2, -0.5, -0.8, -3.0):
@@ -347,7 +507,7 @@ def test_bc_pushes_a_negative_towards_the_boundary(name):
     assert grads[-0.8] < 0 and grads[-3.0] < 0
 
 
-@pytest.mark.parametrize("name", L.LOSSES)
+@pytest.mark.parametrize("name", NAMES)
 def test_bc_pushes_down_far_above_and_up_far_below_for_every_loss(name):
     # s_p = 0 and B = -0.5: a negative at +1 outranks the positive, one at -3 sits far under the boundary
     for s_n, sign in ((1.0, 1), (-3.0, -1)):
@@ -370,18 +530,6 @@ def test_bc_boundary_uses_the_worst_positive():
 # Ranking form against binary form
 
 
-def random_groups(seed, B=6, K=5, levels=(0.25, 1.5)):
-    """Random scores with NaN in padding, grades drawn from `levels`, some candidates invalid."""
-    g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(B, K, generator=g, dtype=torch.float64)
-    grades = torch.tensor(levels, dtype=torch.float64)[torch.randint(0, len(levels), (B, K), generator=g)]
-    valid = torch.rand(B, K, generator=g) < 0.8
-    valid[0] = True
-    grades[0] = torch.tensor(levels, dtype=torch.float64)[torch.arange(K) % len(levels)]  # one group surely has pairs
-    scores = torch.where(valid, scores, torch.nan)
-    return scores, grades, valid
-
-
 @pytest.mark.parametrize("constraint", L.CONSTRAINTS)
 def test_ranking_form_equals_binary_form_on_two_levels(constraint):
     for seed in range(4):
@@ -391,9 +539,9 @@ def test_ranking_form_equals_binary_form_on_two_levels(constraint):
         ranking = scores.clone().requires_grad_(True)
         value_binary = L.alignment_loss(binary, labels, valid, constraint, beta=BETA)
         value_ranking = L.ranking_alignment_loss(ranking, grades, valid, constraint, beta=BETA)
-        value_binary.backward()
-        value_ranking.backward()
-        assert value_binary.item() > 0
+        value_binary.sum().backward()
+        value_ranking.sum().backward()
+        assert value_binary[0].item() > 0
         torch.testing.assert_close(value_ranking, value_binary, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ranking.grad, binary.grad, rtol=1e-12, atol=1e-12)
 
@@ -402,17 +550,12 @@ def test_ranking_form_equals_binary_form_on_two_levels(constraint):
 # Stability, padding and batching (every loss, every constraint)
 
 
-def grades_for(name, grades):
-    """Binary AFT takes 0/1 labels; the others take the multi-level grades as they are."""
-    return (grades > 0).double() if name == "aft" else grades
-
-
 @pytest.mark.parametrize("name,constraint", ALL)
 def test_extreme_scores_stay_finite(name, constraint):
     scores = torch.tensor([[1e4, -1e4, 5e3, -1e4], [-1e4, 1e4, 0.0, 1e4]])
     grades = grades_for(name, torch.tensor([[2.0, 0.0, 1.0, 0.0], [2.0, 0.0, 0.0, 1.0]]))
     value, grad = value_and_grad(name, scores, grades, mask([[1, 1, 1, 1], [1, 1, 1, 1]]), constraint)
-    assert torch.isfinite(value) and torch.isfinite(grad).all(), (value, grad)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all(), (value, grad)
 
 
 @pytest.mark.parametrize("name,constraint", ALL)
@@ -443,7 +586,7 @@ def test_padding_and_masked_candidates_change_nothing(name, constraint):
 
 
 @pytest.mark.parametrize("name,constraint", ALL)
-def test_groups_without_pairs_contribute_nothing(name, constraint):
+def test_questions_without_pairs_give_an_attached_zero(name, constraint):
     good_scores = [0.3, -0.4, 0.1]
     good_grades = [1.0, 0.0, 0.0]
     scores = torch.tensor([good_scores, [0.5, -1.0, 2.0], [0.5, -1.0, 2.0], [0.7, 9.0, 9.0], [9.0, 9.0, 9.0]],
@@ -457,25 +600,26 @@ def test_groups_without_pairs_contribute_nothing(name, constraint):
     valid = mask([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
     value, grad = value_and_grad(name, scores, grades, valid, constraint)
     alone_value, alone_grad = value_and_grad(name, scores[:1], grades[:1], valid[:1], constraint)
-    torch.testing.assert_close(value, alone_value, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value[:1], alone_value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad[:1], alone_grad, rtol=1e-12, atol=1e-12)
+    assert value[1:].tolist() == [0.0] * 4
     assert torch.count_nonzero(grad[1:]) == 0
-    # with no pair anywhere: an exact zero that can still be backpropagated through
+    # with no pair anywhere: exact zeros that can still be backpropagated through
     s = scores[1:].clone().requires_grad_(True)
     loss = preference_loss(name, s, grades[1:], valid[1:], constraint)
-    assert loss.item() == 0.0 and loss.grad_fn is not None
-    loss.backward()
+    assert loss.tolist() == [0.0] * 4 and loss.grad_fn is not None
+    loss.sum().backward()
     assert torch.count_nonzero(s.grad) == 0
 
 
 @pytest.mark.parametrize("name,constraint", ALL)
-def test_batch_is_the_mean_of_its_groups(name, constraint):
+def test_each_question_is_computed_alone(name, constraint):
     scores, grades, valid = random_groups(11, B=4, K=5, levels=(0.0, 1.0, 2.0))
     valid[:] = True  # every group gets pairs below
     grades[:, 0], grades[:, 1] = 2.0, 0.0
     scores = scores.nan_to_num()
     grades = grades_for(name, grades)
     batch = preference_loss(name, scores, grades, valid, constraint)
-    per_group = [preference_loss(name, scores[b:b + 1], grades[b:b + 1], valid[b:b + 1], constraint)
-                 for b in range(4)]
-    torch.testing.assert_close(batch, torch.stack(per_group).mean(), rtol=1e-12, atol=1e-12)
+    per_question = [preference_loss(name, scores[b:b + 1], grades[b:b + 1], valid[b:b + 1], constraint)
+                    for b in range(4)]
+    torch.testing.assert_close(batch, torch.cat(per_question), rtol=1e-12, atol=1e-12)
