@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import best_of, transformers_twin  # noqa: E402
+from compute import pick_device  # noqa: E402
 from configurator import main  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
-from sequences import pick_device  # noqa: E402
 from train_sft import Config as SFTConfig  # noqa: E402
 
 
