@@ -1,9 +1,6 @@
-"""
-The language model: a small decoder-only transformer in plain PyTorch, in two families: "llama" (rotary position
-embeddings, RMSNorm, SwiGLU, grouped-query attention, optional q/k/v biases as in Qwen2; our own models) and "gpt2"
-(learned positions, LayerNorm, GELU, biases everywhere). `GPT.forward` returns logits for EVERY position: scoring
-a chain of thought needs them all. For the sampler (sample.py) it takes a `kv_cache` (it calls
-`kv_cache.update(layer, k, v)` and reads `kv_cache.pos`) and `left_pad` (prompts of different lengths in one batch).
+"""The language model: a decoder-only transformer in plain PyTorch, in two families (ModelConfig.family). `GPT.forward`
+returns logits for EVERY position: scoring a chain of thought needs them all. The sampler (sample.py) passes its
+`kv_cache` (the model calls `kv_cache.update(layer, k, v)` and reads `kv_cache.pos`) and `left_pad`.
 """
 
 import json
@@ -44,21 +41,18 @@ class ModelConfig:
             value, kinds = getattr(self, f.name), (int, float) if f.type is float else f.type  # an int is a float
             if isinstance(value, bool) != (f.type is bool) or not isinstance(value, kinds):  # True is not an int
                 raise UserError(f"ModelConfig.{f.name} must be {f.type.__name__}, got {value!r}")
+            least = ">= 0" if f.name in zero else "> 0"
             if f.type in (int, float) and not (math.isfinite(value) and (value > 0 or value == 0 and f.name in zero)):
-                raise UserError(f"ModelConfig.{f.name} must be finite and {'>= 0' if f.name in zero else '> 0'}, "
-                                f"got {value!r}")
+                raise UserError(f"ModelConfig.{f.name} must be finite and {least}, not {value!r}")
         if self.family not in ("llama", "gpt2"):
             raise UserError(f"ModelConfig.family must be 'llama' or 'gpt2', got {self.family!r}")
         self.n_kv_head = self.n_kv_head or self.n_head
-        if self.head_dim == 0 and self.n_embd % self.n_head:
-            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         if self.n_head % self.n_kv_head:
             raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.family == "llama" and self.head_dim % 2:
             raise UserError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
-        if self.intermediate_size == 0:  # SwiGLU has three matrices: 8/3 n_embd (rounded up to 32) keeps the
-            # parameter count of a 4x GELU MLP
+        if self.intermediate_size == 0:  # SwiGLU's three matrices at ~8/3 n_embd: a 4x GELU MLP's parameter count
             self.intermediate_size = 4 * self.n_embd if self.family == "gpt2" else 32 * math.ceil(8 * self.n_embd / 96)
 
 
@@ -74,17 +68,15 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(config):
-    if config.family == "llama":
-        return RMSNorm(config.n_embd, config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    if config.family == "gpt2":
+        return nn.LayerNorm(config.n_embd, config.norm_eps, bias=config.bias)
+    return RMSNorm(config.n_embd, config.norm_eps)
 
 
 def rope_tables(head_dim, length, theta):
-    """cos and sin (length, head_dim) of the rotation angles position * theta^(-2j / head_dim). Dimension j turns
-    with dimension j + head_dim/2 (the half-split layout of Hugging Face's LLaMA code)."""
+    """cos, sin (length, head_dim) of the angles position * theta^(-2j/head_dim) turning pair (j, j + head_dim/2)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
-    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (L, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (L, hd): both dimensions of a pair turn by the same angle
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq).repeat(1, 2)  # (L, hd): j, j + hd/2
     return angles.cos(), angles.sin()
 
 
@@ -94,8 +86,7 @@ def rotate_half(x):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each pair (x1_j, x2_j) of x (B, h, T, hd) by its angle; cos, sin (B|1, 1, T, hd). The result keeps
-    x's dtype (under autocast x is bf16, the tables float32)."""
+    """x (B, h, T, hd) with each pair (x1_j, x2_j) turned by its angle; keeps x's dtype (autocast: tables float32)."""
     return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
@@ -191,47 +182,38 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd)
             self.register_buffer("rope_sin", sin, persistent=False)
         init_weights(self)
-        # a training choice, never saved: recompute each block's activations in the backward pass, not keep them
-        self.checkpoint_activations = False
+        self.checkpoint_activations = False  # a training choice, never saved: recompute activations in backward
 
-    def set_attention(self, kind):
-        """'sdpa' (PyTorch's fused kernel, flash / memory-efficient on a GPU; the default) or 'reference'."""
+    def set_attention(self, kind):  # "sdpa" (PyTorch's fused kernel, the default) or "reference" (the oracle)
         for block in self.blocks:
             block.attn.attend = {"sdpa": F.scaled_dot_product_attention, "reference": reference_attention}[kind]
 
-    def forward(self, idx, targets=None, kv_cache=None, left_pad=None, ignore_index=-100):
-        """idx (B, T) token ids; targets (B, T) next-token ids, `ignore_index` where unscored; kv_cache: continue
-        after its positions, storing this call's keys/values; left_pad (B,): padding tokens each row starts with.
-        Returns (logits (B, T, V), loss or None); loss is the mean cross-entropy, computed in float32."""
-        T = idx.shape[1]
-        start = kv_cache.pos if kv_cache is not None else 0
+    def forward(self, idx, targets=None, kv_cache=None, left_pad=None):
+        """idx (B, T) ids; targets (B, T) next ids, -100 where unscored; kv_cache: continue after its positions;
+        left_pad (B,): padding tokens each row starts with. Returns logits (B, T, V), float32 mean loss or None."""
+        T, start = idx.shape[1], kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        attn_mask = None  # a fresh causal pass, or one new token that sees everything, needs no mask
-        if left_pad is not None or (start > 0 and T > 1):
-            attn_mask = attention_mask(T, start, left_pad, idx.device)  # (B|1, 1, T, start + T)
-        is_causal = attn_mask is None and start == 0
+        plain = left_pad is None and (start == 0 or T == 1)  # a fresh causal pass, or one token that sees all
+        attn_mask = None if plain else attention_mask(T, start, left_pad, idx.device)  # (B|1, 1, T, start + T)
+        is_causal = plain and start == 0
 
         positions = torch.arange(start, start + T, device=idx.device)  # (T,): every row at start..start+T-1
         if left_pad is not None:  # unless padded: positions count from each row's first real token
             positions = (positions - left_pad[:, None]).clamp(min=0)  # (B, T)
-        x = self.wte(idx)  # (B, T, C)
-        rope = None
+        x, rope = self.wte(idx), None  # (B, T, C); gpt2 adds position vectors, llama rotates queries and keys
         if self.config.family == "gpt2":
             x = x + self.wpe(positions)  # (B|1, T, C)
         else:  # one angle table per row, shared by its heads
             rope = self.rope_cos[positions].unsqueeze(-3), self.rope_sin[positions].unsqueeze(-3)  # (B|1, 1, T, hd)
+        recompute = self.checkpoint_activations and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            if self.checkpoint_activations and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, kv_cache, layer, attn_mask, is_causal, use_reentrant=False)
-            else:
-                x = block(x, rope, kv_cache, layer, attn_mask, is_causal)
+            args = (x, rope, kv_cache, layer, attn_mask, is_causal)
+            x = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def init_weights(model):
@@ -249,22 +231,18 @@ def init_weights(model):
 
 def num_params(model, non_embedding=False):
     """Parameter count (a tied head is counted once). non_embedding drops token and position embeddings."""
-    total = sum(p.numel() for p in model.parameters())
-    if non_embedding:
-        total -= model.wte.weight.numel() + (model.wpe.weight.numel() if hasattr(model, "wpe") else 0)
-    return total
+    embeddings = model.wte.weight.numel() + (model.wpe.weight.numel() if hasattr(model, "wpe") else 0)
+    return sum(p.numel() for p in model.parameters()) - (embeddings if non_embedding else 0)
 
 
 # --- Save and load: config.json + model.safetensors in a directory (no pickle anywhere)
-
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def save_model(model, directory, weights=None):
     """Write config.json and model.safetensors. weights: a state dict to write instead of model.state_dict()
     (the full weights of a model sharded across processes). Non-finite weights are refused, never saved."""
-    weights = model.state_dict() if weights is None else weights
-    tensors = {name: t.detach().contiguous() for name, t in weights.items()}
+    tensors = {name: t.detach().contiguous() for name, t in (weights or model.state_dict()).items()}
     if model.config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # the same storage as wte.weight; safetensors refuses shared tensors
     for name, t in tensors.items():
@@ -284,8 +262,7 @@ def load_config(directory):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("nanoaft"), dict):
-        raise UserError(f"{path}: not a nanoAFT model config (no 'nanoaft' object; a Hugging Face directory is "
-                        f"converted by checkpoint.load_model_and_tokenizer)")
+        raise UserError(f"{path}: not a nanoAFT model config (no 'nanoaft' object)")
     try:
         return ModelConfig(**raw["nanoaft"])
     except (TypeError, UserError) as e:  # an unknown field (TypeError names it), a wrong type or value
@@ -293,8 +270,7 @@ def load_config(directory):
 
 
 def load_model(directory, device="cpu"):
-    """Build the model that `save_model` wrote. A file that is not safetensors, or a missing, unexpected,
-    mis-shaped or non-finite tensor, is an error naming it."""
+    """The model that `save_model` wrote; an unreadable file or a wrong tensor is an error naming it."""
     model = GPT(load_config(directory))
     path = Path(directory) / WEIGHTS_FILE
     try:
