@@ -1,5 +1,4 @@
-"""
-Sampling from the model: the KV cache, batched decoding, hand-written temperature / top-k / top-p.
+"""Sampling from the model: the KV cache, batched decoding, hand-written temperature / top-k / top-p.
 
 `generate` prefills every prompt once, copies each prompt's cache to its `num_samples` rows, then decodes one token
 per step for all rows together until each row has produced end-of-text or `max_new_tokens`. It returns the token
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from checkpoint import load_model_and_tokenizer
+from compute import pick_device
 from configurator import UserError, main
 from data.dataset import format_prompt
 from sequences import encode_prompt
@@ -185,8 +185,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
     return Samples(tokens.clone(), logprobs.clone(), lengths.clone(), finished.clone())
 
 
-# -----------------------------------------------------------------------------
-# command line
+# --- command line
 
 @dataclass
 class Config:
@@ -208,11 +207,11 @@ def run(cfg):
     if not cfg.ckpt:
         raise UserError("--ckpt is empty: give a run, checkpoint or model directory")
     check_settings(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p)  # before loading
-    model, enc = load_model_and_tokenizer(cfg.ckpt, cfg.device)
-    model.eval()
+    device = pick_device(cfg.device)  # a device this machine lacks is one line too
+    model, enc = load_model_and_tokenizer(cfg.ckpt, device)
     text = cfg.prompt or format_prompt(cfg.question)
-    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    out = generate(model, [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out = generate(model.eval(), [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=enc.eot_token,
                    generator=generator, n_vocab=enc.n_vocab)
     texts = []

@@ -161,6 +161,7 @@ def test_non_finite_weights_at_sampling_time_are_one_clear_error():
     (dict(prompt=""), "exactly one of --prompt"),
     (dict(question="Why?"), "exactly one of --prompt"),
     (dict(ckpt=""), "--ckpt is empty"),
+    (dict(device="gpu0"), "--device=gpu0: not a device name"),
 ])
 def test_command_line_settings_are_checked_before_anything_is_loaded(monkeypatch, flags, message):
     def no_loading(*args):
