@@ -38,7 +38,7 @@ class Config:
     new_tokens: int = 200           # tokens generated per row
     prompt_tokens: int = 60         # prompt length (a typical question)
     repeats: int = 3                # timed runs of each; the best is reported
-    uncached: bool = True           # also time our generate without the KV cache (minutes at hundreds of rows)
+    uncached: bool = True           # also time our generate without the KV cache (slow at hundreds of rows)
     device: str = "auto"            # "auto", "cpu", "cuda"
     threads: int = 0                # torch threads (0 = torch's default)
 
