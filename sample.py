@@ -1,23 +1,51 @@
-"""
-Sampling from the model: batched, KV-cached, hand-written temperature / top-k / top-p.
+"""Sampling from the model: the KV cache, batched decoding, hand-written temperature / top-k / top-p.
 
-`generate` prefills every prompt once, fans the cache out `num_samples` ways, then decodes one token per
-step for all rows together until each row has produced end-of-text or `max_new_tokens`. It returns the
-token ids and the model's log-probability of every generated token.
+`generate` prefills every prompt once, copies each prompt's cache to its `num_samples` rows, then decodes one token
+per step for all rows together until each row has produced end-of-text or `max_new_tokens`. It returns the token
+ids and the model's log-probability of every generated token.
 
     python sample.py --ckpt=out/vft --question="Tom has 3 apples and buys 5 more. How many apples does he have?"
     python sample.py --ckpt=out/vft --prompt="Question: ..." --num_samples=4 --temperature=0.8
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from checkpoint import load_model_and_tokenizer
+from compute import pick_device
 from configurator import UserError, main
 from data.dataset import format_prompt
-from hf import load_model_and_tokenizer
-from model import KVCache
 from sequences import encode_prompt
+
+
+class KVCache:
+    """Keys and values of every layer for the positions processed so far, preallocated to `max_len` positions.
+    All rows advance together (`pos` is one number), so prompts of different lengths are left-padded."""
+
+    def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]  # per layer
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0  # positions filled so far
+
+    def update(self, layer, k, v):
+        """Store one layer's new keys and values (B, h_kv, T, hd) after the first `pos` positions; return all of
+        them so far, (B, h_kv, pos + T, hd). `pos` advances after the last layer: every layer fills the same columns."""
+        T, end = k.shape[2], self.pos + k.shape[2]
+        if end > self.k[layer].shape[2]:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.k[layer].shape[2]}")
+        self.k[layer].narrow(2, self.pos, T).copy_(k)  # narrow(dim, first, length): a view of those columns
+        self.v[layer].narrow(2, self.pos, T).copy_(v)
+        if layer == len(self.k) - 1:
+            self.pos = end
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
+
+    def fan_out(self, n):
+        """Row i becomes rows i*n .. i*n+n-1, each with a copy of its keys and values: one prefill, n samples."""
+        self.k = [t.repeat_interleave(n, dim=0) for t in self.k]  # (B * n, h_kv, max_len, hd)
+        self.v = [t.repeat_interleave(n, dim=0) for t in self.v]
 
 
 @dataclass
@@ -52,8 +80,7 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
 
 def draw(probs, generator=None):
     """One index per row of probs (N, V), index i with probability probs[i] / sum(probs): inverse-transform
-    sampling, one uniform number per row (torch.multinomial draws one exponential per vocabulary entry, ~15x
-    slower on a CPU)."""
+    sampling, one uniform number per row (torch.multinomial draws one random number per vocabulary entry)."""
     cdf = probs.cumsum(dim=-1)  # (N, V)
     total = cdf[:, -1:]  # (N, 1)
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype)  # (N, 1) in [0, 1)
@@ -71,30 +98,39 @@ def pick_next(logits, temperature, top_k, top_p, generator):
     return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
 
 
+def check_settings(max_new_tokens, num_samples, temperature, top_k, top_p):
+    """A UserError naming the first setting that generate cannot use."""
+    for name, value, ok, need in (
+            ("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and max_new_tokens >= 1, "an int >= 1"),
+            ("num_samples", num_samples, isinstance(num_samples, int) and num_samples >= 1, "an int >= 1"),
+            ("temperature", temperature, math.isfinite(temperature) and temperature >= 0, "finite and >= 0"),
+            ("top_k", top_k, isinstance(top_k, int) and top_k >= 0, "an int >= 0 (0: all tokens)"),
+            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1] (1: all tokens)")):
+        if not ok:
+            raise UserError(f"{name} must be {need}, got {value!r}")
+
+
 def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
-             eot_id=None, generator=None, use_cache=True, n_vocab=None, share_prompt=None):
+             eot_id=None, generator=None, use_cache=True, n_vocab=None):
     """Continue each prompt (a list of token-id lists) num_samples times.
 
     Rows come out prompt-major: prompt i's samples are rows i*num_samples .. i*num_samples+num_samples-1.
     Prompts of different lengths are left-padded. n_vocab: the tokenizer's size; ids at or above it (the
     padding rows of an embedding larger than the tokenizer, as Qwen2's) are never drawn, and log-probs are over
-    the tokenizer's ids. share_prompt: keep each prompt's keys and values once for its num_samples rows (True)
-    or copy them to every row (False); None lets KVCache.fan_out choose by the number of rows. With
-    use_cache=False every step recomputes the whole sequence (same result, much slower; kept for the benchmark
-    and as a test oracle)."""
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
-                         f"(got {temperature}, {top_p}, {top_k})")
+    the tokenizer's ids. With use_cache=False every step recomputes the whole sequence (the same result; kept for
+    the benchmark and as a test oracle)."""
+    check_settings(max_new_tokens, num_samples, temperature, top_k, top_p)
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    device = next(model.parameters()).device
+        raise UserError("every prompt needs at least one token")
+    config, device = model.config, next(model.parameters()).device
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > model.config.block_size:
-        raise ValueError(f"prompt of {longest} + {max_new_tokens} new tokens exceeds block_size "
-                         f"{model.config.block_size}")
-    # inference mode: no autograd bookkeeping at all (no_grad still counts tensor versions), about 7% faster per
-    # decoding step on a CPU
-    with torch.inference_mode():
+    if longest + max_new_tokens > config.block_size:
+        raise UserError(f"a prompt of {longest} tokens and max_new_tokens={max_new_tokens} do not fit the model's "
+                        f"context of {config.block_size} tokens")
+    outside = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
+    if outside:
+        raise UserError(f"token id {outside[0]} is outside the model's vocabulary of {config.vocab_size}")
+    with torch.inference_mode():  # no autograd bookkeeping at all (no_grad still counts tensor versions)
         pad_id = eot_id if eot_id is not None else 0
         idx = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], device=device)  # (P, Tp)
         left_pad = torch.tensor([longest - len(p) for p in prompts], device=device)  # (P,)
@@ -103,20 +139,20 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
 
         cache = None
         if use_cache:
-            cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device=device,
-                            dtype=model.lm_head.weight.dtype)
+            cache = KVCache(config, len(prompts), longest + max_new_tokens, device, model.lm_head.weight.dtype)
         logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
         logits = logits[:, -1, :n_vocab].float().repeat_interleave(num_samples, dim=0)  # (N, V)
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError("the model's logits are NaN or inf (are its weights finite?)")
         if use_cache:
-            cache.fan_out(num_samples, left_pad, share=share_prompt)  # many rows: each prompt's keys stored once
+            cache.fan_out(num_samples)
         if left_pad is not None:
             left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
         seq = idx.repeat_interleave(num_samples, dim=0)  # (N, Tp), only needed without the cache
 
         # each step keeps only what it must: the drawn ids and their log-probs, stacked at the end. A row that
         # has ended goes on drawing (rows never interact, so the others are unaffected); what it draws after its
-        # end-of-text is overwritten below. Dropping the per-step masking saved 5% of a step at 8 rows on a CPU
-        # (1.4% with an end-of-text id, whose test stays in the loop), the samples unchanged
+        # end-of-text is overwritten below, once, instead of masked at every step
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)  # (N,)
         ids, logps = [], []
         for t in range(max_new_tokens):
@@ -149,8 +185,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
     return Samples(tokens.clone(), logprobs.clone(), lengths.clone(), finished.clone())
 
 
-# -----------------------------------------------------------------------------
-# command line
+# --- command line
 
 @dataclass
 class Config:
@@ -169,11 +204,14 @@ class Config:
 def run(cfg):
     if bool(cfg.prompt) == bool(cfg.question):
         raise UserError("give exactly one of --prompt=... or --question=...")
-    model, enc = load_model_and_tokenizer(cfg.ckpt, cfg.device)
-    model.eval()
+    if not cfg.ckpt:
+        raise UserError("--ckpt is empty: give a run, checkpoint or model directory")
+    check_settings(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, cfg.top_k, cfg.top_p)  # before loading
+    device = pick_device(cfg.device)  # a device this machine lacks is one line too
+    model, enc = load_model_and_tokenizer(cfg.ckpt, device)
     text = cfg.prompt or format_prompt(cfg.question)
-    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    out = generate(model, [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out = generate(model.eval(), [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=enc.eot_token,
                    generator=generator, n_vocab=enc.n_vocab)
     texts = []

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import best_of, transformers_twin  # noqa: E402
+from compute import pick_device  # noqa: E402
 from configurator import main  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from sample import generate  # noqa: E402
-from sequences import pick_device  # noqa: E402
 from train_sft import Config as SFTConfig  # noqa: E402
 
 
@@ -38,7 +38,7 @@ class Config:
     new_tokens: int = 200           # tokens generated per row
     prompt_tokens: int = 60         # prompt length (a typical question)
     repeats: int = 3                # timed runs of each; the best is reported
-    uncached: bool = True           # also time our generate without the KV cache (minutes at hundreds of rows)
+    uncached: bool = True           # also time our generate without the KV cache (slow at hundreds of rows)
     device: str = "auto"            # "auto", "cpu", "cuda"
     threads: int = 0                # torch threads (0 = torch's default)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import bench_mfu, bench_sampling, bench_shared_prompt, bench_train, peak_memory
+from benchmarks import bench_mfu, bench_sampling, bench_train, peak_memory
 from configurator import UserError
 from model import GPT, ModelConfig
 from test_train_sft import tiny_config
@@ -47,18 +47,11 @@ def test_sampling_benchmark_generates_exactly_the_requested_tokens():
 
 
 def test_sampling_benchmark_can_leave_out_the_uncached_run():
-    # 64 rows: our generate shares the prompt's keys and values (KVCache.fan_out); still exactly 64 x 3 tokens
+    # 64 rows, a candidate-sized batch: still exactly 64 x 3 tokens
     result = bench_sampling.run(bench_sampling.Config(num_samples=64, new_tokens=3, prompt_tokens=4, repeats=1,
                                                       device="cpu", uncached=False))
     assert "without KV cache" not in result["new_tokens"] and "ratio" not in result
     assert result["new_tokens"]["with KV cache"] == 192
-
-
-def test_shared_prompt_benchmark_draws_the_same_tokens_both_ways():
-    result = bench_shared_prompt.run(bench_shared_prompt.Config(questions=3, k=4, new_tokens=3, prompt_tokens=6,
-                                                                repeats=1, device="cpu"))
-    assert result["shape"] == (12, 3) and result["same_tokens"] == 1.0
-    assert result["shared"] > 0 and result["copied"] > 0
 
 
 def test_sampling_benchmark_without_transformers_still_compares_the_cache(monkeypatch, capsys):

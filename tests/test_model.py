@@ -1,13 +1,16 @@
-"""model.py: KV cache equals a full forward, SDPA equals the reference attention, causality, padding,
-save/load. Every model here is tiny and float32 so the whole file runs in seconds."""
+"""model.py: a KV-cached forward equals a full one, SDPA equals the reference attention, rotary embeddings
+rotate, causality, padding, save/load and its errors. Every model here is tiny and float32 so the whole file runs
+in seconds."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from configurator import UserError
-from model import GPT, KVCache, ModelConfig, load_model, num_params, reference_attention, save_model, shared_prompt_attention
+from model import GPT, ModelConfig, apply_rope, load_model, num_params, rope_tables, save_model
+from sample import KVCache
 
 FAMILIES = {
     "llama": dict(family="llama"),
@@ -60,41 +63,16 @@ def test_sdpa_equals_reference_attention(family):
     assert (fast_padded - slow_padded).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("h, h_kv", [(4, 4), (4, 2), (4, 1)])
-def test_shared_prompt_attention_equals_attention_over_copied_prompts(h, h_kv):
-    torch.manual_seed(0)
-    P, g, Tp, t, hd = 3, 5, 7, 4, 8
-    q = torch.randn(P * g, h, 1, hd)
-    prompt_k, prompt_v = torch.randn(P, h_kv, Tp, hd), torch.randn(P, h_kv, Tp, hd)
-    own_k, own_v = torch.randn(P * g, h_kv, t, hd), torch.randn(P * g, h_kv, t, hd)
-    left_pad = torch.tensor([0, 3, 6])  # prompt 2 has a single real token
-    prompt_mask = (torch.arange(Tp) >= left_pad[:, None])[:, None, None]  # (P, 1, 1, Tp)
-    # the oracle: every row holds a copy of its prompt's keys, then its own; padding masked out
-    k = torch.cat([prompt_k.repeat_interleave(g, dim=0), own_k], dim=2)
-    v = torch.cat([prompt_v.repeat_interleave(g, dim=0), own_v], dim=2)
-    mask = torch.cat([prompt_mask.repeat_interleave(g, dim=0), torch.ones(P * g, 1, 1, t, dtype=torch.bool)], dim=-1)
-    expected = reference_attention(q, k, v, attn_mask=mask)
-    got = shared_prompt_attention(q, prompt_k, prompt_v, prompt_mask, own_k, own_v)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() < 1e-5
-    # without padding the mask may be None
-    unmasked = shared_prompt_attention(q, prompt_k, prompt_v, None, own_k, own_v)
-    full = reference_attention(q, torch.cat([prompt_k.repeat_interleave(g, dim=0), own_k], dim=2),
-                               torch.cat([prompt_v.repeat_interleave(g, dim=0), own_v], dim=2))
-    assert (unmasked - full).abs().max().item() < 1e-5
-
-
-@pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("family", ["llama_gqa", "gpt2"])
-def test_fanned_out_cache_matches_full_forward(family, share):
+def test_fanned_out_cache_matches_full_forward(family):
     model = tiny(family)
     g = 3
     prompts = torch.randint(0, 97, (2, 6))
     left_pad = torch.tensor([2, 0])
     cache = KVCache(model.config, 2, 12)
     model(prompts, kv_cache=cache, left_pad=left_pad)
-    cache.fan_out(g, left_pad, share=share)
-    assert (cache.prompt_k is not None) == share
+    cache.fan_out(g)
+    assert cache.k[0].shape[0] == 2 * g and cache.pos == 6
     rows_pad = left_pad.repeat_interleave(g)
     seq = prompts.repeat_interleave(g, dim=0)  # (6, 6)
     for _ in range(5):
@@ -103,29 +81,50 @@ def test_fanned_out_cache_matches_full_forward(family, share):
         seq = torch.cat([seq, token], dim=1)
         full, _ = model(seq, left_pad=rows_pad)
         assert (step[:, -1] - full[:, -1]).abs().max().item() < 1e-4
-    if share:
-        with pytest.raises(ValueError, match="one token per row"):
-            model(torch.zeros(2 * g, 2, dtype=torch.long), kv_cache=cache, left_pad=rows_pad)
+    with pytest.raises(ValueError, match="KV cache full"):
+        model(torch.zeros(2 * g, 2, dtype=torch.long), kv_cache=cache, left_pad=rows_pad)
 
 
-def test_shared_prompt_cache_under_bf16_autocast_is_as_accurate_as_copies():
-    # under autocast the shared path's matrix products run in bf16; its logits must stay as close to float32's
-    # as those of SDPA over copied prompts (a dtype mix-up or a lost mask would be far off)
+def test_cache_under_bf16_autocast_is_as_accurate_as_a_full_forward():
+    # under autocast the keys come out in bf16 and are stored in the float32 cache, the rotary tables stay float32:
+    # the cached logits must stay as close to float32's as those of a full bf16 forward (a dtype mix-up or a lost
+    # mask would be far off)
     model = tiny("llama_gqa")
     prompts, left_pad, g = torch.randint(0, 97, (2, 6)), torch.tensor([2, 0]), 3
     token = torch.randint(0, 97, (2 * g, 1))
+    seq = torch.cat([prompts.repeat_interleave(g, dim=0), token], dim=1)  # (6, 7)
     logits = {}
-    for share in (False, True):
-        for bf16 in (False, True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                cache = KVCache(model.config, 2, 12)
-                model(prompts, kv_cache=cache, left_pad=left_pad)
-                cache.fan_out(g, left_pad, share=share)
-                logits[share, bf16] = model(token, kv_cache=cache, left_pad=left_pad.repeat_interleave(g))[0].float()
-    exact = logits[False, False]
-    assert (logits[True, False] - exact).abs().max().item() < 1e-5
-    copy_error = (logits[False, True] - exact).abs().max().item()
-    assert 0 < (logits[True, True] - exact).abs().max().item() < 2 * copy_error
+    for bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            cache = KVCache(model.config, 2, 12)
+            model(prompts, kv_cache=cache, left_pad=left_pad)
+            cache.fan_out(g)
+            logits["cached", bf16] = model(token, kv_cache=cache, left_pad=left_pad.repeat_interleave(g))[0][:, -1]
+            logits["full", bf16] = model(seq, left_pad=left_pad.repeat_interleave(g))[0][:, -1]
+            assert logits["cached", bf16].dtype == (torch.bfloat16 if bf16 else torch.float32)
+    exact = logits["full", False]
+    assert (logits["cached", False] - exact).abs().max().item() < 1e-5
+    full_error = (logits["full", True].float() - exact).abs().max().item()
+    assert 0 < (logits["cached", True].float() - exact).abs().max().item() < 2 * full_error
+
+
+def test_rope_rotates_pairs_and_scores_depend_only_on_the_distance():
+    hd, theta = 8, 100.0
+    cos, sin = rope_tables(hd, 16, theta)  # (16, hd)
+    x = torch.randn(1, 1, 1, hd)
+    for pos in (0, 3, 15):
+        got = apply_rope(x, cos[pos], sin[pos])[0, 0, 0]
+        for j in range(hd // 2):  # pair (j, j + hd/2) turned by pos * theta^(-2j/hd), as a 2-D rotation
+            angle = pos * theta ** (-2 * j / hd)
+            a, b = x[0, 0, 0, j].item(), x[0, 0, 0, j + hd // 2].item()
+            assert got[j].item() == pytest.approx(a * math.cos(angle) - b * math.sin(angle), abs=1e-5)
+            assert got[j + hd // 2].item() == pytest.approx(a * math.sin(angle) + b * math.cos(angle), abs=1e-5)
+    q, k = torch.randn(hd), torch.randn(hd)
+
+    def score(i, j):  # a query at position i against a key at position j
+        return (apply_rope(q, cos[i], sin[i]) @ apply_rope(k, cos[j], sin[j])).item()
+    assert score(5, 2) == pytest.approx(score(13, 10), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -186,29 +185,21 @@ def test_save_load_identical_logits(tmp_path, family):
     assert loaded.config == model.config
 
 
-def test_checkpoint_with_separate_q_k_v_loads(tmp_path):
-    """Model files written before q, k and v became one matrix (attn.q_proj, k_proj, v_proj) still load, into
-    the same function."""
+def test_separate_q_k_v_files_are_refused_by_name(tmp_path):
+    """A model file with attn.q_proj/k_proj/v_proj (before q, k and v became one matrix) is not migrated: an
+    educational repo regenerates its files. Loading names the missing qkv_proj."""
     from safetensors.torch import load_file, save_file
 
-    model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16,
-                            qkv_bias=True))
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv_proj.bias.normal_()  # not zeros: the biases must land in the right rows too
+    model = tiny()
     save_model(model, tmp_path)
-    tensors = load_file(str(tmp_path / "model.safetensors"))
     old = {}
-    for name, t in tensors.items():
-        if ".qkv_proj." in name:  # rows [q (4 heads x 8); k (2 x 8); v (2 x 8)]
-            for part, rows in zip(("q_proj", "k_proj", "v_proj"), t.split([32, 16, 16])):
-                old[name.replace("qkv_proj", part)] = rows.contiguous()
-        else:
-            old[name] = t
+    for name, t in load_file(str(tmp_path / "model.safetensors")).items():
+        parts = zip(("q_proj", "k_proj", "v_proj"), t.split(32)) if ".qkv_proj." in name else [(None, t)]
+        for part, rows in parts:
+            old[name.replace("qkv_proj", part) if part else name] = rows.contiguous()
     save_file(old, str(tmp_path / "model.safetensors"))
-    loaded = load_model(tmp_path)
-    idx = torch.randint(0, 64, (2, 16))
-    assert torch.equal(model(idx)[0], loaded(idx)[0])
+    with pytest.raises(UserError, match=r"missing tensor 'blocks.0.attn.qkv_proj.weight'"):
+        load_model(tmp_path)
 
 
 def test_load_errors_name_the_tensor(tmp_path):
@@ -233,3 +224,69 @@ def test_load_errors_name_the_tensor(tmp_path):
         load_model(tmp_path)
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "nowhere")
+
+
+def test_unreadable_weights_files_are_named(tmp_path):
+    save_model(tiny(), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    whole = weights.read_bytes()
+    for content in (b"", whole[: len(whole) // 2], b"not safetensors at all, just text\n" * 10):
+        weights.write_bytes(content)
+        with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors file"):
+            load_model(tmp_path)
+    weights.unlink()
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_layer", "four", "n_layer must be int, got 'four'"),
+    ("n_layer", 2.5, "n_layer must be int"),
+    ("tie_embeddings", 1, "tie_embeddings must be bool"),
+    ("vocab_size", True, "vocab_size must be int"),
+    ("rope_theta", "1e4", "rope_theta must be float"),
+    ("n_head", 0, "n_head must be finite and > 0, not 0"),
+    ("n_kv_head", -1, "n_kv_head must be finite and >= 0, not -1"),
+    ("norm_eps", float("nan"), "norm_eps must be finite"),
+    ("rope_theta", float("inf"), "rope_theta must be finite"),
+    ("family", "t5", "family must be 'llama' or 'gpt2'"),
+    ("n_layr", 2, "n_layr"),
+])
+def test_bad_config_values_are_named_with_the_file(tmp_path, field, value, message):
+    save_model(tiny(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["nanoaft"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))  # NaN and Infinity as JSON writes them
+    with pytest.raises(UserError, match=r"config\.json: .*" + message):
+        load_model(tmp_path)
+
+
+def test_config_json_that_is_not_a_nanoaft_config_is_named(tmp_path):
+    for text in ("{not json", "[1, 2]", '{"nanoaft": 3}', '{"model_type": "llama"}'):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(UserError, match=r"config\.json: (invalid JSON|not a nanoAFT model config)"):
+            load_model(tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="invalid JSON"):
+        load_model(tmp_path)
+
+
+def test_non_finite_weights_are_never_loaded_nor_saved(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny()
+    save_model(model, tmp_path / "good")
+    tensors = load_file(str(tmp_path / "good" / "model.safetensors"))
+    for bad in (float("nan"), float("inf")):
+        broken = dict(tensors)
+        broken["blocks.1.mlp.down_proj.weight"] = broken["blocks.1.mlp.down_proj.weight"].clone()
+        broken["blocks.1.mlp.down_proj.weight"][3, 5] = bad
+        save_file(broken, str(tmp_path / "good" / "model.safetensors"))
+        with pytest.raises(UserError, match="tensor 'blocks.1.mlp.down_proj.weight' holds NaN or inf"):
+            load_model(tmp_path / "good")
+
+    with torch.no_grad():
+        model.blocks[0].norm2.weight[0] = float("nan")
+    with pytest.raises(UserError, match="bad: not saving .*'blocks.0.norm2.weight' holds NaN or inf"):
+        save_model(model, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing written, not even the directory

@@ -1,9 +1,12 @@
 """sample.py: cached and uncached decoding agree, top-k / top-p stay inside their sets, seeds reproduce,
-fan-out equals separate prompts, generated log-probs equal teacher-forced ones, end-of-text stops a row."""
+fan-out equals separate prompts, generated log-probs equal teacher-forced ones, end-of-text stops a row, and
+settings generate cannot use are refused with one line naming them."""
 
 import pytest
 import torch
 
+import sample
+from configurator import UserError
 from losses import sequence_logprobs
 from sample import draw, filter_logits, generate
 from test_model import tiny
@@ -14,7 +17,7 @@ def prompts():
     return [torch.randint(0, 97, (n,), generator=g).tolist() for n in (5, 9, 3)]
 
 
-@pytest.mark.parametrize("num_samples", [2, 22])  # 3 x 22 rows: the cache shares the prompts (KVCache.fan_out)
+@pytest.mark.parametrize("num_samples", [2, 22])  # 3 x 22 rows: a candidate-sized batch
 @pytest.mark.parametrize("family", ["llama_gqa", "gpt2"])
 def test_cache_and_no_cache_give_the_same_samples(family, num_samples):
     model = tiny(family)
@@ -25,22 +28,6 @@ def test_cache_and_no_cache_give_the_same_samples(family, num_samples):
                              use_cache=use_cache))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert (runs[0].logprobs - runs[1].logprobs).abs().max().item() < 1e-5
-
-
-def test_share_prompt_forces_or_forbids_sharing_with_the_same_samples(monkeypatch):
-    import model as model_module
-
-    calls = []
-    shared = model_module.shared_prompt_attention
-    monkeypatch.setattr(model_module, "shared_prompt_attention", lambda *a: calls.append(1) or shared(*a))
-    model = tiny("llama_gqa")
-    runs = {}
-    for share in (True, False, None):  # 3 prompts x 2 rows: below KVCache.SHARE_FROM_ROWS
-        calls.clear()
-        runs[share] = generate(model, prompts(), 6, num_samples=2, temperature=1.0, share_prompt=share,
-                               generator=torch.Generator().manual_seed(3))
-        assert bool(calls) == (share is True)
-    assert torch.equal(runs[True].tokens, runs[False].tokens) and torch.equal(runs[False].tokens, runs[None].tokens)
 
 
 def test_greedy_is_deterministic_and_seed_reproduces():
@@ -130,3 +117,56 @@ def test_draw_follows_the_distribution_and_never_draws_a_zero_probability_token(
     monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, dtype=kw.get("dtype")))
     assert draw(torch.tensor([[0.25, 0.25, 0.5, 0.0]])).tolist() == [2]
     assert draw(torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]])).tolist() == [2]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
+    (dict(num_samples=0), "num_samples must be an int >= 1, got 0"),
+    (dict(num_samples=2.0), "num_samples must be an int"),
+    (dict(temperature=-0.5), "temperature must be finite and >= 0, got -0.5"),
+    (dict(temperature=float("nan")), "temperature must be finite"),
+    (dict(temperature=float("inf")), "temperature must be finite"),
+    (dict(top_k=-1), "top_k must be an int >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), "top_p must be in"),
+    (dict(top_p=float("nan")), "top_p must be in"),
+    (dict(prompts=[[1, 2], []]), "every prompt needs at least one token"),
+    (dict(prompts=[]), "every prompt needs at least one token"),
+    (dict(prompts=[[1, 2, 97]]), "token id 97 is outside the model's vocabulary of 97"),
+    (dict(prompts=[[-1]]), "token id -1 is outside"),
+    (dict(prompts=[list(range(60))], max_new_tokens=5), "a prompt of 60 tokens and max_new_tokens=5 do not fit the "
+                                                        "model's context of 64 tokens"),
+    (dict(prompts=[list(range(80))]), "a prompt of 80 tokens"),
+])
+def test_settings_generate_cannot_use_are_refused_by_name(settings, message):
+    kwargs = dict(prompts=prompts(), max_new_tokens=4) | settings
+    with pytest.raises(UserError, match=message):
+        generate(tiny(), **kwargs)
+
+
+def test_non_finite_weights_at_sampling_time_are_one_clear_error():
+    model = tiny()
+    with torch.no_grad():
+        model.blocks[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match="logits are NaN or inf"):
+        generate(model, prompts(), 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(num_samples=0), "num_samples must be an int >= 1"),
+    (dict(max_new_tokens=-3), "max_new_tokens must be"),
+    (dict(temperature=float("nan")), "temperature must be finite"),
+    (dict(top_p=2.0), "top_p must be in"),
+    (dict(top_k=-2), "top_k must be"),
+    (dict(prompt=""), "exactly one of --prompt"),
+    (dict(question="Why?"), "exactly one of --prompt"),
+    (dict(ckpt=""), "--ckpt is empty"),
+    (dict(device="gpu0"), "--device=gpu0: not a device name"),
+])
+def test_command_line_settings_are_checked_before_anything_is_loaded(monkeypatch, flags, message):
+    def no_loading(*args):
+        raise AssertionError("loaded a model before checking the settings")
+    monkeypatch.setattr(sample, "load_model_and_tokenizer", no_loading)
+    cfg = sample.Config(**(dict(prompt="Question: 1 + 1?") | flags))
+    with pytest.raises(UserError, match=message):
+        sample.run(cfg)
