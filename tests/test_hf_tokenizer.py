@@ -4,6 +4,7 @@ in openai-whisper; which layout of files means what; and the tokenizer.json writ
 
 import importlib.util
 import json
+import os
 import pickle
 import random
 import subprocess
@@ -30,7 +31,8 @@ from hf_tokenizer import (
 )
 from tokenizer import Encoding, load_ranks, load_tokenizer, save_ranks, save_tokenizer
 
-GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+# The data beside the repository (../shared), or where NANOAFT_SHARED says (a git worktree elsewhere).
+GSM8K_DIR = Path(os.environ.get("NANOAFT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "gsm8k"
 GSM8K = GSM8K_DIR / "train.jsonl"
 INLINE = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.\n"
