@@ -297,6 +297,16 @@ def build_encoding(ranks: dict[bytes, int], pattern: str = PATTERN, special_toke
                     normalizer=normalizer)
 
 
+# tokenizer_info.json's fields: their types, and what they must be (for the error message). n_ranks, the number
+# of lines of the rank file, catches a rank file cut at the end of a line; it and the normalizer may be left out.
+INFO_KEYS = {"pattern": str, "special_tokens": dict, "eot_token": str, "bos_token": (str, type(None)),
+             "normalizer": (str, type(None)), "n_ranks": (int, type(None))}
+INFO_KEYS_TEXT = {"pattern": "a regular expression", "special_tokens": "an object {token: id}",
+                  "eot_token": "the name of a special token", "bos_token": "the name of a special token or null",
+                  "normalizer": "\"NFC\" or null", "n_ranks": "the number of ranks in the rank file"}
+OPTIONAL_KEYS = ("normalizer", "n_ranks")
+
+
 def _read_info(path):
     """tokenizer_info.json, checked field by field: one line naming the file (and line) of the first problem."""
     try:
@@ -312,8 +322,8 @@ def _read_info(path):
     if not isinstance(info, dict):
         raise UserError(f"{path}: expected a JSON object with {', '.join(INFO_KEYS)}")
     for key, kinds in INFO_KEYS.items():
-        value = info.get(key)  # only the normalizer may be left out
-        if (key not in info and key != "normalizer") or not isinstance(value, kinds):
+        value = info.get(key)
+        if (key not in info and key not in OPTIONAL_KEYS) or not isinstance(value, kinds) or isinstance(value, bool):
             raise UserError(f"{path}: '{key}' must be {INFO_KEYS_TEXT[key]}, got {value!r}")
     unknown = sorted(set(info) - set(INFO_KEYS))
     if unknown:
@@ -328,13 +338,6 @@ def _read_info(path):
     return info
 
 
-INFO_KEYS = {"pattern": str, "special_tokens": dict, "eot_token": str, "bos_token": (str, type(None)),
-             "normalizer": (str, type(None))}
-INFO_KEYS_TEXT = {"pattern": "a regular expression", "special_tokens": "an object {token: id}",
-                  "eot_token": "the name of a special token", "bos_token": "the name of a special token or null",
-                  "normalizer": "\"NFC\" or null"}
-
-
 def load_tokenizer(path) -> Encoding:
     """The tokenizer at `path`: a directory holding TOKENIZER_FILES, or a bare rank file (our PATTERN, and one
     special token, EOT, right after the last rank: how data/tokenizer.tiktoken ships)."""
@@ -343,6 +346,8 @@ def load_tokenizer(path) -> Encoding:
         return build_encoding(load_ranks(str(path)), name=path.stem)
     ranks = load_ranks(str(path / RANK_FILE))
     info = _read_info(path / INFO_FILE)
+    if info.get("n_ranks") not in (None, len(ranks)):
+        raise UserError(f"{path / RANK_FILE}: {len(ranks)} ranks, but {INFO_FILE} says {info['n_ranks']} (truncated?)")
     return build_encoding(ranks, info["pattern"], info["special_tokens"], name=path.name or "tokenizer",
                           eot=info["eot_token"], bos=info["bos_token"], normalizer=info.get("normalizer"))
 
@@ -356,7 +361,7 @@ def save_tokenizer(enc: tiktoken.Encoding, directory) -> list[Path]:
     save_ranks(enc._mergeable_ranks, str(rank_path))
     info = {"pattern": enc._pat_str, "special_tokens": enc._special_tokens,
             "eot_token": getattr(enc, "eot_name", EOT), "bos_token": getattr(enc, "bos_name", None),
-            "normalizer": getattr(enc, "normalizer", None)}
+            "normalizer": getattr(enc, "normalizer", None), "n_ranks": len(enc._mergeable_ranks)}
     tmp = info_path.with_name(info_path.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, info_path)
