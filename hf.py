@@ -382,7 +382,11 @@ def save_pretrained(model, directory, source=None, enc=None, max_shard_size=None
     `max_shard_size` bytes with an index. `source`: the Hugging Face directory the model came from; its
     config.json's other fields are kept and its tokenizer files copied. Otherwise `enc` (a tokenizer.Encoding),
     when given, is written as tokenizer.json + tokenizer_config.json, and its end- and begin-of-text ids go into
-    config.json. Returns the directory."""
+    config.json. Returns the directory.
+
+    transformers 5's AutoTokenizer reads that tokenizer.json as written for LLaMA and GPT-2 models, but for
+    model_type qwen2 (q/k/v biases only) it builds Qwen2's tokenizer, whose own pre-tokenizer replaces the
+    file's: give such a model a Qwen2 tokenizer, or load it with PreTrainedTokenizerFast(tokenizer_file=...)."""
     directory = Path(directory)
     base = None
     if source is not None:
