@@ -165,8 +165,8 @@ def save_ranks(ranks: dict[bytes, int], path: str) -> None:
 
 def load_ranks(path: str) -> dict[bytes, int]:
     """Read a rank file, refusing anything that is not one whole: an empty file, a line that is not
-    '<base64> <rank>', a repeated token or rank, a last line cut short (every writer ends each line with a newline).
-    Our own parser: tiktoken.load caches by path and would not see later edits."""
+    '<base64> <rank>', a repeated token or rank, a last line cut short (every writer ends each line with a
+    newline). Our own parser: tiktoken.load caches by path and would not see later edits."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -190,7 +190,8 @@ def load_ranks(path: str) -> dict[bytes, int]:
         except (ValueError, binascii.Error):
             raise UserError(f"{path}:{number}: expected '<base64 token> <rank>', got {line[:60]!r}") from None
         if not token or token in ranks or rank in seen_ranks or rank < 0:
-            raise UserError(f"{path}:{number}: duplicate token or rank, an empty token or a negative rank: {line[:60]!r}")
+            raise UserError(f"{path}:{number}: duplicate token or rank, an empty token or a negative rank: "
+                            f"{line[:60]!r}")
         ranks[token] = rank
         seen_ranks.add(rank)
     return ranks
@@ -219,11 +220,13 @@ class Encoding(tiktoken.Encoding):
         clash = sorted(set(special_tokens.values()) & set(mergeable_ranks.values()))
         if clash:
             raise UserError(f"{name}: special token id {clash[0]} is also the rank of an ordinary token")
-        super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
+        try:
+            super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
+        except ValueError as e:  # a pattern tiktoken's regex engine cannot compile
+            raise UserError(f"{name}: {str(e).splitlines()[0]}") from None
         self.eot_name, self.bos_name, self.normalizer = eot, bos, normalizer
-        missing = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
-        self.missing_bytes = missing
-        self._missing_re = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in missing) + b"]") if missing else None
+        self.missing_bytes = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
+        self._missing_re = re.compile(b"[%s]" % re.escape(self.missing_bytes)) if self.missing_bytes else None
         self._pieces = regex.compile(pat_str)
 
     @property

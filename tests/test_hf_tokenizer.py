@@ -171,7 +171,8 @@ def test_unsupported_tokenizer_json_is_refused(tmp_path, edit, message):
 def test_merge_order_must_follow_ids(tmp_path):
     vocab = {char: i for i, char in enumerate(byte_level_alphabet())}
     vocab.update({"ab": 258, "abc": 257})  # "abc" = merge 1 gets a lower id than "ab" = merge 0
-    write_bare_tokenizer_json(tmp_path / "tokenizer.json", model={"type": "BPE", "vocab": vocab, "merges": ["a b", "ab c"]})
+    model = {"type": "BPE", "vocab": vocab, "merges": ["a b", "ab c"]}
+    write_bare_tokenizer_json(tmp_path / "tokenizer.json", model=model)
     with pytest.raises(UserError, match="merge 1"):
         load_hf_tokenizer(tmp_path)
 
