@@ -35,6 +35,7 @@ without one).
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from configurator import UserError
@@ -103,6 +104,8 @@ def ranks_from_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special
         except KeyError:
             raise UserError(f"{source}: token {token!r} (id {rank}) is not in GPT-2's byte-level alphabet; "
                             f"only byte-level BPE is supported") from None
+    if not ranks:
+        raise UserError(f"{source}: no ordinary tokens in the vocabulary")
     merged, last = set(), -1
     for number, (left, right) in enumerate(merges):
         product = left + right
@@ -120,13 +123,28 @@ def ranks_from_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special
     return ranks
 
 
-def _read_json(path):
+def _read_json(path) -> dict:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@contextmanager
+def _malformed(source):
+    """A file of the wrong shape (a list where an object belongs, a missing id, a string for a number) fails
+    somewhere inside the reading code; this turns that into one line naming the file."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: not the structure expected ({type(e).__name__}: {e})") from None
 
 
 def _parse_merges(lines, source):
@@ -153,8 +171,9 @@ def _special_tokens_from_config(directory) -> dict[str, int]:
     path = Path(directory) / "tokenizer_config.json"
     if not path.is_file():
         return {}
-    decoder = _read_json(path).get("added_tokens_decoder") or {}
-    return {entry["content"]: int(token_id) for token_id, entry in decoder.items()}
+    with _malformed(path):
+        decoder = _read_json(path).get("added_tokens_decoder") or {}
+        return {entry["content"]: int(token_id) for token_id, entry in decoder.items()}
 
 
 def _named_token(directory, role, specials):
@@ -203,20 +222,21 @@ def load_vocab_bpe(encoder_path, merges_path, eos_token=None) -> Encoding:
     tokens; the entries no merge makes that are longer than one byte are the special ones (GPT-2's
     <|endoftext|>). The end-of-text token is `eos_token`, else the directory's tokenizer_config.json's,
     else <|endoftext|>."""
-    vocab = _read_json(encoder_path)
-    try:
-        lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{merges_path}: not found") from None
-    merges = _parse_merges([line for line in lines if line and not line.startswith("#version")], merges_path)
-    made = {left + right for left, right in merges}
-    specials = {token: i for token, i in vocab.items() if len(token) > 1 and token not in made}
-    specials.update(_special_tokens_from_config(Path(encoder_path).parent))
-    ranks = ranks_from_bpe(vocab, merges, specials, str(encoder_path))
-    if eos_token is None:
-        eos_token = _eos_token(Path(encoder_path).parent, specials, str(encoder_path))
-    return Encoding(Path(encoder_path).parent.name or "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                    special_tokens=specials, eot=eos_token)
+    with _malformed(encoder_path):
+        vocab = _read_json(encoder_path)
+        try:
+            lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"{merges_path}: not found") from None
+        merges = _parse_merges([line for line in lines if line and not line.startswith("#version")], merges_path)
+        made = {left + right for left, right in merges}
+        specials = {token: i for token, i in vocab.items() if len(token) > 1 and token not in made}
+        specials.update(_special_tokens_from_config(Path(encoder_path).parent))
+        ranks = ranks_from_bpe(vocab, merges, specials, str(encoder_path))
+        if eos_token is None:
+            eos_token = _eos_token(Path(encoder_path).parent, specials, str(encoder_path))
+        return Encoding(Path(encoder_path).parent.name or "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                        special_tokens=specials, eot=eos_token)
 
 
 def load_llama3_model(path) -> Encoding:
@@ -288,33 +308,34 @@ def load_tokenizer_json(path, eos_token=None) -> Encoding:
     some bytes (SmolLM2's lacks 21); tokenizer.Encoding then drops them from the text as tokenizers does."""
     path = Path(path)
     source = str(path)
-    data = _read_json(path)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE":
-        raise UserError(f"{source}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
-    if model.get("byte_fallback"):
-        raise UserError(f"{source}: BPE with byte_fallback (a sentencepiece-style tokenizer) is not supported")
-    for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(option):
-            raise UserError(f"{source}: BPE option {option}={model[option]!r} is not supported")
-    normalizer = data.get("normalizer")
-    if normalizer is not None and normalizer.get("type") != "NFC":
-        raise UserError(f"{source}: normalizer {json.dumps(normalizer)[:120]} is not supported (only NFC)")
-    pattern = _pre_tokenizer_pattern(data.get("pre_tokenizer"), source)
+    with _malformed(path):
+        data = _read_json(path)
+        model = data.get("model") or {}
+        if model.get("type") != "BPE":
+            raise UserError(f"{source}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
+        if model.get("byte_fallback"):
+            raise UserError(f"{source}: BPE with byte_fallback (a sentencepiece-style tokenizer) is not supported")
+        for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(option):
+                raise UserError(f"{source}: BPE option {option}={model[option]!r} is not supported")
+        normalizer = data.get("normalizer")
+        if normalizer is not None and normalizer.get("type") != "NFC":
+            raise UserError(f"{source}: normalizer {json.dumps(normalizer)[:120]} is not supported (only NFC)")
+        pattern = _pre_tokenizer_pattern(data.get("pre_tokenizer"), source)
 
-    specials = {entry["content"]: entry["id"] for entry in data.get("added_tokens") or []}
-    specials.update(_special_tokens_from_config(path.parent))
-    ranks = ranks_from_bpe(model.get("vocab") or {}, _parse_merges(model.get("merges") or [], source), specials,
-                           source)
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing and model.get("unk_token"):
-        raise UserError(f"{source}: unk_token={model['unk_token']!r} with no token for byte(s) {missing[:8]}: "
-                        f"unknown tokens are not supported (without an unk_token such bytes are dropped)")
-    if eos_token is None:
-        eos_token = _eos_token(path.parent, specials, source)
-    return Encoding(path.parent.name or "tokenizer", pat_str=pattern, mergeable_ranks=ranks,
-                    special_tokens=specials, eot=eos_token, bos=_bos_from_post_processor(data.get("post_processor")),
-                    normalizer=None if normalizer is None else "NFC")
+        specials = {entry["content"]: entry["id"] for entry in data.get("added_tokens") or []}
+        specials.update(_special_tokens_from_config(path.parent))
+        ranks = ranks_from_bpe(model.get("vocab") or {}, _parse_merges(model.get("merges") or [], source), specials,
+                               source)
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing and model.get("unk_token"):
+            raise UserError(f"{source}: unk_token={model['unk_token']!r} with no token for byte(s) {missing[:8]}: "
+                            f"unknown tokens are not supported (without an unk_token such bytes are dropped)")
+        if eos_token is None:
+            eos_token = _eos_token(path.parent, specials, source)
+        bos = _bos_from_post_processor(data.get("post_processor"))
+        return Encoding(path.parent.name or "tokenizer", pat_str=pattern, mergeable_ranks=ranks,
+                        special_tokens=specials, eot=eos_token, bos=bos, normalizer=normalizer and "NFC")
 
 
 def tokenizer_layout(directory) -> list[str]:

@@ -168,6 +168,26 @@ def test_unsupported_tokenizer_json_is_refused(tmp_path, edit, message):
     assert "tokenizer.json" in str(error.value)
 
 
+@pytest.mark.parametrize("name, text", [
+    ("tokenizer.json", ""),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {"a": 0'),  # cut short
+    ("tokenizer.json", "[]"),
+    ("tokenizer.json", '{"model": "BPE"}'),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": [1, 2], "merges": []}}'),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {"a": "0"}, "merges": [1]}}'),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {}}, "added_tokens": [{"content": "x"}]}'),
+    ("tokenizer.json", '{"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": {"type": "ByteLevel"}}'),
+    ("tokenizer_config.json", '{"added_tokens_decoder": {"x": {"content": "<|endoftext|>"}}}'),
+    ("tokenizer_config.json", "[1]"),
+])
+def test_malformed_tokenizer_files_are_one_line_naming_the_file(tmp_path, name, text):
+    write_bare_tokenizer_json(tmp_path / "tokenizer.json")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=name) as error:
+        load_hf_tokenizer(tmp_path)
+    assert "\n" not in str(error.value)
+
+
 def test_merge_order_must_follow_ids(tmp_path):
     vocab = {char: i for i, char in enumerate(byte_level_alphabet())}
     vocab.update({"ab": 258, "abc": 257})  # "abc" = merge 1 gets a lower id than "ab" = merge 0
