@@ -104,10 +104,23 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise UserError(f"{source}: model_type={model_type!r}, architectures={architectures} is not supported "
                         f"(supported: {', '.join(f'{t} ({a})' for t, a in ARCHITECTURES.items())})")
 
-    def get(key, default=None):
+    def positive(key, value, kind=int):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+                or not 0 < value < float("inf"):
+            raise UserError(f"{source}: {key}={value!r}, expected a positive {kind.__name__}")
+        return value
+
+    def get(key, default=None, kind=int):
+        """hf[key] (or `default`): a positive number of its kind; a missing key without a default is an error."""
         value = hf.get(key, default)
         if value is None:
             raise UserError(f"{source}: missing {key!r}")
+        return positive(key, value, kind)
+
+    def flag(key, default):
+        value = hf.get(key, default)
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {key}={value!r}, expected true or false")
         return value
 
     problems = []  # "option=value" of everything unsupported, reported together
@@ -125,20 +138,24 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         n_embd = get("n_embd", 768)
         return ModelConfig(family="gpt2", vocab_size=get("vocab_size", 50257), block_size=get("n_positions", 1024),
                            n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                           intermediate_size=hf.get("n_inner") or 4 * n_embd,
-                           norm_eps=get("layer_norm_epsilon", 1e-5), bias=True,
-                           tie_embeddings=hf.get("tie_word_embeddings", True))
+                           intermediate_size=get("n_inner", 4 * n_embd) if hf.get("n_inner") else 4 * n_embd,
+                           norm_eps=get("layer_norm_epsilon", 1e-5, float), bias=True,
+                           tie_embeddings=flag("tie_word_embeddings", True))
 
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf['hidden_act']!r}")
     rope = hf.get("rope_parameters")
     if rope is not None:  # transformers >= 5 writes {"rope_type": ..., "rope_theta": ...}
+        if not isinstance(rope, dict):
+            raise UserError(f"{source}: rope_parameters={rope!r}, expected an object")
         if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
             problems.append(f"rope_parameters={json.dumps(rope)}")
-        rope_theta = rope.get("rope_theta", 10000.0)
+        rope_theta = positive("rope_parameters.rope_theta", rope.get("rope_theta", 10000.0), float)
     else:
-        rope_theta = hf.get("rope_theta", 10000.0)
+        rope_theta = get("rope_theta", 10000.0, float)
     scaling = hf.get("rope_scaling")
+    if scaling and not isinstance(scaling, dict):
+        raise UserError(f"{source}: rope_scaling={scaling!r}, expected an object or null")
     if scaling and (scaling.get("rope_type") or scaling.get("type")) != "default":
         problems.append(f"rope_scaling={json.dumps(scaling)}")
     if model_type == "qwen2":
@@ -149,7 +166,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         if sliding:
             problems.append(f"layer_types containing {sliding[0]!r}")
     else:  # our LLaMA has biases on all linear layers or on none
-        attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        attention_bias, mlp_bias = flag("attention_bias", False), flag("mlp_bias", False)
         if attention_bias != mlp_bias:
             problems.append(f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
         qkv_bias, bias = False, bool(attention_bias and mlp_bias)
@@ -157,10 +174,11 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise UserError(f"{source}: unsupported option(s) {', '.join(problems)}")
     return ModelConfig(family="llama", vocab_size=get("vocab_size"), block_size=get("max_position_embeddings"),
                        n_layer=get("num_hidden_layers"), n_head=get("num_attention_heads"),
-                       n_kv_head=hf.get("num_key_value_heads") or 0, n_embd=get("hidden_size"),
-                       head_dim=hf.get("head_dim") or 0, intermediate_size=get("intermediate_size"),
-                       rope_theta=float(rope_theta), norm_eps=get("rms_norm_eps", 1e-6), bias=bias,
-                       qkv_bias=qkv_bias, tie_embeddings=hf.get("tie_word_embeddings", False))
+                       n_kv_head=get("num_key_value_heads") if hf.get("num_key_value_heads") else 0,
+                       n_embd=get("hidden_size"), head_dim=get("head_dim") if hf.get("head_dim") else 0,
+                       intermediate_size=get("intermediate_size"), rope_theta=float(rope_theta),
+                       norm_eps=get("rms_norm_eps", 1e-6, float), bias=bias, qkv_bias=qkv_bias,
+                       tie_embeddings=flag("tie_word_embeddings", False))
 
 
 def hf_config(config: ModelConfig, base: dict | None = None) -> dict:
@@ -198,13 +216,16 @@ def hf_config(config: ModelConfig, base: dict | None = None) -> dict:
     return hf
 
 
-def _read_json(path):
+def _read_json(path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_hf_config(directory) -> dict:
@@ -230,7 +251,9 @@ def weight_files(directory) -> list[Path]:
         return [directory / WEIGHTS_FILE]
     if not (directory / INDEX_FILE).is_file():
         raise UserError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE} (only safetensors are read)")
-    weight_map = _read_json(directory / INDEX_FILE).get("weight_map") or {}
+    weight_map = _read_json(directory / INDEX_FILE).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise UserError(f"{directory / INDEX_FILE}: 'weight_map' must map each tensor to a shard file name")
     return [directory / INDEX_FILE, *(directory / shard for shard in sorted(set(weight_map.values())))]
 
 
@@ -359,6 +382,9 @@ def convert(hf_dir, out_dir) -> Path:
     if enc.n_vocab > model.config.vocab_size:
         raise UserError(f"{hf_dir}: the tokenizer has {enc.n_vocab} tokens but the model only "
                         f"{model.config.vocab_size} embeddings")
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"{hf_dir}: weight '{name}' holds NaN or infinite values")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -363,3 +363,33 @@ def test_export_command_line(saved, tmp_path):
     assert_same_logits(load_model(out).eval(), theirs, tokens())
     with torch.no_grad():
         torch.testing.assert_close(theirs(tokens()).logits, reference(tokens()).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", "[]", "config.json: expected a JSON object"),
+    ("config.json", '{"model_type": "llama"', "config.json: invalid JSON"),
+    ("config.json", {"vocab_size": "300"}, "vocab_size='300', expected a positive int"),
+    ("config.json", {"num_attention_heads": 0}, "num_attention_heads=0, expected a positive int"),
+    ("config.json", {"rms_norm_eps": float("nan")}, "rms_norm_eps=nan, expected a positive float"),
+    ("config.json", {"tie_word_embeddings": "yes"}, "tie_word_embeddings='yes', expected true or false"),
+    ("config.json", {"rope_parameters": "x"}, "rope_parameters='x', expected an object"),
+    ("model.safetensors", b"", "model.safetensors: unreadable safetensors file"),
+    ("model.safetensors", "half", "model.safetensors: unreadable safetensors file"),
+    ("model.safetensors", "nan", "weight 'blocks.0.mlp.up_proj.weight' holds NaN"),
+])
+def test_broken_hf_files_are_one_line_naming_them(saved, tmp_path, name, content, message):
+    hf_dir = hf_directory(saved, "llama-tied", tmp_path / "hf")
+    path = hf_dir / name
+    if isinstance(content, dict):
+        content = json.dumps(json.loads(path.read_text()) | content)
+    elif content == "half":
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    elif content == "nan":
+        tensors = load_file(path)
+        tensors["model.layers.0.mlp.up_proj.weight"][3, 4] = float("nan")
+        save_file(tensors, path, metadata={"format": "pt"})
+        content = path.read_bytes()
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=message) as error:
+        convert(hf_dir, tmp_path / "out")
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
