@@ -371,13 +371,17 @@ def save_tokenizer(enc: tiktoken.Encoding, directory) -> list[Path]:
     return [rank_path, info_path]
 
 
-def fingerprint(path: str) -> str:
-    """Short hash of the rank file's bytes, stored with tokenized data to refuse data from another tokenizer."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:16]
-    except FileNotFoundError:
-        raise UserError(f"{path}: tokenizer rank file not found") from None
+def fingerprint(path) -> str:
+    """Short hash of a tokenizer's files (a directory's TOKENIZER_FILES, or a bare rank file), stored with what
+    was made with it (tokenized data, candidates) to refuse mixing tokenizers."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in [path / name for name in TOKENIZER_FILES] if path.is_dir() else [path]:
+        try:
+            digest.update(file.read_bytes())
+        except FileNotFoundError:
+            raise UserError(f"{file}: tokenizer file not found") from None
+    return digest.hexdigest()[:16]
 
 
 def read_training_text(path: str) -> str:

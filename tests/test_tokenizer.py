@@ -225,6 +225,15 @@ def test_save_and_load_tokenizer_round_trip(tmp_path, ranks, enc):
                                                   ord(" ") + 3, ord("x") + 3]  # NFC: é, not e + accent
 
 
+def test_fingerprint_of_a_directory_covers_both_files(tmp_path, enc):
+    save_tokenizer(enc, tmp_path)
+    before = fingerprint(tmp_path)
+    info = json.loads((tmp_path / "tokenizer_info.json").read_text())
+    (tmp_path / "tokenizer_info.json").write_text(json.dumps(info | {"pattern": r"\S+|\s+"}))
+    assert fingerprint(tmp_path) != before and len(before) == 16
+    assert fingerprint(tmp_path / "tokenizer.tiktoken") != fingerprint(tmp_path)
+
+
 def test_bare_rank_file_is_our_pattern_and_eot(tmp_path, ranks):
     save_ranks(ranks, str(tmp_path / "tokenizer.tiktoken"))
     enc = load_tokenizer(tmp_path / "tokenizer.tiktoken")
