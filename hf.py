@@ -375,7 +375,7 @@ def convert(hf_dir, out_dir) -> Path:
     stamp = _stamp(hf_dir)
     if _read_stamp(out_dir) == stamp:
         return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or _read_stamp(out_dir) is None and any(out_dir.iterdir())):
+    if out_dir.exists() and (not out_dir.is_dir() or (_read_stamp(out_dir) is None and any(out_dir.iterdir()))):
         raise UserError(f"{out_dir}: exists and is not a conversion written by hf.convert; choose another directory")
     enc = load_hf_tokenizer(hf_dir)  # first: a directory without a usable tokenizer fails before gigabytes are read
     model = from_pretrained(hf_dir, dtype=None)
@@ -385,12 +385,16 @@ def convert(hf_dir, out_dir) -> Path:
     for name, tensor in model.state_dict().items():
         if not torch.isfinite(tensor).all():
             raise UserError(f"{hf_dir}: weight '{name}' holds NaN or infinite values")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    save_tokenizer(enc, tmp)
-    (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp)
+        save_tokenizer(enc, tmp)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
+    except OSError as e:  # unwritable or full: leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{out_dir}: cannot write the conversion ({e.strerror or e})") from None
     if out_dir.exists():
         os.replace(out_dir, old)  # a previous conversion of other files (or an empty directory)
     try:

@@ -9,7 +9,7 @@ they are stated here, never guessed (load_hf_tokenizer):
 
   files in the directory               pattern                        special tokens, end-of-text
   tokenizer.json                       from its pre_tokenizer         its added_tokens; eos named by
-                                       (GPT-2; SmolLM's Digits;        tokenizer_config.json,
+                                       (GPT-2; SmolLM's Digits;       tokenizer_config.json,
                                        Llama-3/Qwen2's Split regex)   special_tokens_map.json or config.json,
                                                                       else <|endoftext|>
   vocab.json + merges.txt              GPT-2's                        entries no merge makes (GPT-2's
@@ -24,7 +24,8 @@ they are stated here, never guessed (load_hf_tokenizer):
 tokenizer.json comes before vocab.json + merges.txt before tokenizer.model, as in transformers (GPT-2's own
 directory ships all of the first two). Refused, with a message: a rank file whose pattern is not stated
 (tokenizer.tiktoken without tokenizer_info.json, any other *.tiktoken name), and a rank file next to another
-layout (which one is meant is ambiguous).
+layout (which one is meant is ambiguous). A byte-level vocabulary may lack some byte values (SmolLM2's lacks 21);
+tokenizer.Encoding drops such bytes from the text exactly as the tokenizers library does.
 
 Not supported, and refused with a message naming the file: sentencepiece models (Llama-2, Mistral: Unigram, or
 BPE over "▁" pieces with byte fallback), WordPiece, BPE with dropout or subword prefixes, pre-tokenizers other
