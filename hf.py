@@ -1,11 +1,16 @@
 """
-Hugging Face model directories in and out: config.json + model.safetensors (or shards listed in
-model.safetensors.index.json), for GPT-2 and the LLaMA family (Llama, Qwen2, SmolLM).
+Hugging Face model directories in and out, for GPT-2 and the LLaMA family (Llama, Qwen2, SmolLM). The machine room
+border: the teaching core never imports this file; checkpoint.load_model_and_tokenizer reaches `convert` lazily
+when it meets a Hugging Face directory.
 
-    model = from_pretrained("path/to/SmolLM2-135M")            # a directory downloaded from the Hub
-    save_pretrained(model, "out/aft-hf", source="path/to/SmolLM2-135M")  # opens in transformers unchanged
-    model, enc = load_model_and_tokenizer(path)                 # nanoAFT checkpoint or Hugging Face directory
-    enc, files = load_tokenizer_of(path), tokenizer_files(path)  # the tokenizer alone, and the files it comes from
+    convert("path/to/SmolLM2-135M", "out/smollm2")   # once: a nanoAFT model directory (config.json {"nanoaft": ...},
+                                                      # model.safetensors, tokenizer.tiktoken + tokenizer_info.json)
+    model = from_pretrained("path/to/SmolLM2-135M")  # the model alone, without writing anything
+    save_pretrained(model, "out/aft-hf", enc=enc)     # back: opens in transformers unchanged, tokenizer.json included
+
+A Hugging Face directory is config.json + model.safetensors (or shards listed in model.safetensors.index.json) +
+a tokenizer in one of the layouts hf_tokenizer.py lists (tokenizer.json; vocab.json + merges.txt; GPT-2's
+gpt2.tiktoken; ...).
 
 How the names and layouts differ from ours (model.py):
 - LLaMA family: model.embed_tokens / model.layers.{i}.{input_layernorm, self_attn.*, post_attention_layernorm,
@@ -14,17 +19,19 @@ How the names and layouts differ from ours (model.py):
   on the way out. Qwen2 is LLaMA with q/k/v biases; SmolLM is LLaMA with grouped-query attention and a tied head.
 - GPT-2: transformer.{wte, wpe, h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}, ln_f}.
   Its linear layers are "Conv1D" modules that store weights as (in, out), the transpose of nn.Linear, and
-  q, k and v are one fused c_attn matrix, as in ours. Older files lack the "transformer." prefix and carry the causal-mask
-  buffers attn.bias / attn.masked_bias, which are not weights.
+  q, k and v are one fused c_attn matrix, as in ours. Older files lack the "transformer." prefix and carry the
+  causal-mask buffers attn.bias / attn.masked_bias, which are not weights.
 - A tied head is absent from the file, and is not written.
 
 Options our model does not implement (rope scaling, sliding windows, other activations, ...) are refused with a
 message naming them, instead of loading a model that silently computes something else.
 
-Export a trained model:  python hf.py --ckpt=out/aft --out=out/aft-hf --source=path/to/the/original
+Export a trained model:  python hf.py --ckpt=out/aft --out=out/aft-hf [--source=path/to/the/original]
 """
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +39,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from checkpoint import TOKENIZER_FILE as RANK_FILE  # our own tokenizer.tiktoken
-from checkpoint import find_checkpoint
 from configurator import UserError, main
-from hf_tokenizer import TOKENIZER_FILES, copy_tokenizer_files, load_hf_tokenizer
-from model import GPT, ModelConfig, load_model, load_state
-from tokenizer import load_tokenizer
+from hf_tokenizer import copy_tokenizer_files, load_hf_tokenizer, tokenizer_layout, write_tokenizer_json
+from model import GPT, ModelConfig, load_state, save_model
+from tokenizer import save_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -99,10 +104,23 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise UserError(f"{source}: model_type={model_type!r}, architectures={architectures} is not supported "
                         f"(supported: {', '.join(f'{t} ({a})' for t, a in ARCHITECTURES.items())})")
 
-    def get(key, default=None):
+    def positive(key, value, kind=int):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+                or not 0 < value < float("inf"):
+            raise UserError(f"{source}: {key}={value!r}, expected a positive {kind.__name__}")
+        return value
+
+    def get(key, default=None, kind=int):
+        """hf[key] (or `default`): a positive number of its kind; a missing key without a default is an error."""
         value = hf.get(key, default)
         if value is None:
             raise UserError(f"{source}: missing {key!r}")
+        return positive(key, value, kind)
+
+    def flag(key, default):
+        value = hf.get(key, default)
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {key}={value!r}, expected true or false")
         return value
 
     problems = []  # "option=value" of everything unsupported, reported together
@@ -120,20 +138,24 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         n_embd = get("n_embd", 768)
         return ModelConfig(family="gpt2", vocab_size=get("vocab_size", 50257), block_size=get("n_positions", 1024),
                            n_layer=get("n_layer", 12), n_head=get("n_head", 12), n_embd=n_embd,
-                           intermediate_size=hf.get("n_inner") or 4 * n_embd,
-                           norm_eps=get("layer_norm_epsilon", 1e-5), bias=True,
-                           tie_embeddings=hf.get("tie_word_embeddings", True))
+                           intermediate_size=get("n_inner", 4 * n_embd) if hf.get("n_inner") else 4 * n_embd,
+                           norm_eps=get("layer_norm_epsilon", 1e-5, float), bias=True,
+                           tie_embeddings=flag("tie_word_embeddings", True))
 
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf['hidden_act']!r}")
     rope = hf.get("rope_parameters")
     if rope is not None:  # transformers >= 5 writes {"rope_type": ..., "rope_theta": ...}
+        if not isinstance(rope, dict):
+            raise UserError(f"{source}: rope_parameters={rope!r}, expected an object")
         if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
             problems.append(f"rope_parameters={json.dumps(rope)}")
-        rope_theta = rope.get("rope_theta", 10000.0)
+        rope_theta = positive("rope_parameters.rope_theta", rope.get("rope_theta", 10000.0), float)
     else:
-        rope_theta = hf.get("rope_theta", 10000.0)
+        rope_theta = get("rope_theta", 10000.0, float)
     scaling = hf.get("rope_scaling")
+    if scaling and not isinstance(scaling, dict):
+        raise UserError(f"{source}: rope_scaling={scaling!r}, expected an object or null")
     if scaling and (scaling.get("rope_type") or scaling.get("type")) != "default":
         problems.append(f"rope_scaling={json.dumps(scaling)}")
     if model_type == "qwen2":
@@ -144,7 +166,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         if sliding:
             problems.append(f"layer_types containing {sliding[0]!r}")
     else:  # our LLaMA has biases on all linear layers or on none
-        attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+        attention_bias, mlp_bias = flag("attention_bias", False), flag("mlp_bias", False)
         if attention_bias != mlp_bias:
             problems.append(f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
         qkv_bias, bias = False, bool(attention_bias and mlp_bias)
@@ -152,10 +174,11 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise UserError(f"{source}: unsupported option(s) {', '.join(problems)}")
     return ModelConfig(family="llama", vocab_size=get("vocab_size"), block_size=get("max_position_embeddings"),
                        n_layer=get("num_hidden_layers"), n_head=get("num_attention_heads"),
-                       n_kv_head=hf.get("num_key_value_heads") or 0, n_embd=get("hidden_size"),
-                       head_dim=hf.get("head_dim") or 0, intermediate_size=get("intermediate_size"),
-                       rope_theta=float(rope_theta), norm_eps=get("rms_norm_eps", 1e-6), bias=bias,
-                       qkv_bias=qkv_bias, tie_embeddings=hf.get("tie_word_embeddings", False))
+                       n_kv_head=get("num_key_value_heads") if hf.get("num_key_value_heads") else 0,
+                       n_embd=get("hidden_size"), head_dim=get("head_dim") if hf.get("head_dim") else 0,
+                       intermediate_size=get("intermediate_size"), rope_theta=float(rope_theta),
+                       norm_eps=get("rms_norm_eps", 1e-6, float), bias=bias, qkv_bias=qkv_bias,
+                       tie_embeddings=flag("tie_word_embeddings", False))
 
 
 def hf_config(config: ModelConfig, base: dict | None = None) -> dict:
@@ -193,13 +216,16 @@ def hf_config(config: ModelConfig, base: dict | None = None) -> dict:
     return hf
 
 
-def _read_json(path):
+def _read_json(path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_hf_config(directory) -> dict:
@@ -225,7 +251,9 @@ def weight_files(directory) -> list[Path]:
         return [directory / WEIGHTS_FILE]
     if not (directory / INDEX_FILE).is_file():
         raise UserError(f"{directory}: neither {WEIGHTS_FILE} nor {INDEX_FILE} (only safetensors are read)")
-    weight_map = _read_json(directory / INDEX_FILE).get("weight_map") or {}
+    weight_map = _read_json(directory / INDEX_FILE).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise UserError(f"{directory / INDEX_FILE}: 'weight_map' must map each tensor to a shard file name")
     return [directory / INDEX_FILE, *(directory / shard for shard in sorted(set(weight_map.values())))]
 
 
@@ -297,28 +325,107 @@ def hf_state(model) -> dict[str, torch.Tensor]:
 # -----------------------------------------------------------------------------
 # The entry points
 
+def _stored_dtype(tensors):
+    """The floating-point dtype most of a file's tensors have (bfloat16 for most models on the Hub)."""
+    dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
+
+
 def from_pretrained(directory, device="cpu", dtype=torch.float32) -> GPT:
-    """Our GPT with the weights of a Hugging Face model directory."""
+    """Our GPT with the weights of a Hugging Face model directory; dtype=None keeps the dtype of the file."""
     directory = Path(directory)
     hf = read_hf_config(directory)
     if "nanoaft" in hf:
         raise UserError(f"{directory}: a nanoAFT model directory; load it with model.load_model")
     model = GPT(config_from_hf(hf, str(directory / CONFIG_FILE)))
-    load_hf_state(model, read_hf_tensors(directory), str(directory))
-    return model.to(device=device, dtype=dtype)
+    tensors = read_hf_tensors(directory)
+    load_hf_state(model, tensors, str(directory))
+    return model.to(device=device, dtype=dtype or _stored_dtype(tensors))
 
 
-def save_pretrained(model, directory, source=None, max_shard_size=None):
+STAMP_FILE = "converted_from.json"  # written last into a conversion: its source files' names, sizes and times
+
+
+def _stamp(hf_dir):
+    """What a conversion of `hf_dir` depends on: every file it reads, by size and modification time."""
+    names = [CONFIG_FILE, *(path.name for path in weight_files(hf_dir)), *tokenizer_layout(hf_dir),
+             "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+    files = {name: [(hf_dir / name).stat().st_size, (hf_dir / name).stat().st_mtime_ns]
+             for name in dict.fromkeys(names) if (hf_dir / name).is_file()}
+    return {"source": str(hf_dir.resolve()), "files": files}
+
+
+def _read_stamp(out_dir):
+    try:
+        return json.loads((Path(out_dir) / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def convert(hf_dir, out_dir) -> Path:
+    """Convert Hugging Face model directory `hf_dir` once into a nanoAFT model directory `out_dir`: config.json
+    ({"nanoaft": ...}) and model.safetensors by model.save_model, in the dtype of the original file, and the
+    tokenizer by tokenizer.save_tokenizer (rank file + pattern + special ids). Idempotent: when `out_dir` already
+    holds a conversion of the same files (same names, sizes and times), nothing is read or written. The files
+    are written to a temporary directory renamed into place, so `out_dir` is never half written. Returns out_dir."""
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    hf = read_hf_config(hf_dir)
+    if "nanoaft" in hf:
+        raise UserError(f"{hf_dir}: already a nanoAFT model directory, nothing to convert")
+    stamp = _stamp(hf_dir)
+    if _read_stamp(out_dir) == stamp:
+        return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or (_read_stamp(out_dir) is None and any(out_dir.iterdir()))):
+        raise UserError(f"{out_dir}: exists and is not a conversion written by hf.convert; choose another directory")
+    enc = load_hf_tokenizer(hf_dir)  # first: a directory without a usable tokenizer fails before gigabytes are read
+    model = from_pretrained(hf_dir, dtype=None)
+    if enc.n_vocab > model.config.vocab_size:
+        raise UserError(f"{hf_dir}: the tokenizer has {enc.n_vocab} tokens but the model only "
+                        f"{model.config.vocab_size} embeddings")
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise UserError(f"{hf_dir}: weight '{name}' holds NaN or infinite values")
+    tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp)
+        save_tokenizer(enc, tmp)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
+    except OSError as e:  # unwritable or full: leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{out_dir}: cannot write the conversion ({e.strerror or e})") from None
+    if out_dir.exists():
+        os.replace(out_dir, old)  # a previous conversion of other files (or an empty directory)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process put the same conversion in place meanwhile
+        if _read_stamp(out_dir) != stamp:
+            raise
+        shutil.rmtree(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def save_pretrained(model, directory, source=None, enc=None, max_shard_size=None):
     """Write `model` as a Hugging Face directory: config.json and model.safetensors, or shards of at most
     `max_shard_size` bytes with an index. `source`: the Hugging Face directory the model came from; its
-    config.json's other fields are kept and its tokenizer files copied. Returns the directory."""
+    config.json's other fields are kept and its tokenizer files copied. Otherwise `enc` (a tokenizer.Encoding),
+    when given, is written as tokenizer.json + tokenizer_config.json, and its end- and begin-of-text ids go into
+    config.json. Returns the directory.
+
+    transformers 5's AutoTokenizer reads that tokenizer.json as written for LLaMA and GPT-2 models, but for
+    model_type qwen2 (q/k/v biases only) it builds Qwen2's tokenizer, whose own pre-tokenizer replaces the
+    file's: give such a model a Qwen2 tokenizer, or load it with PreTrainedTokenizerFast(tokenizer_file=...)."""
     directory = Path(directory)
     base = None
-    if source is not None and (Path(source) / CONFIG_FILE).is_file():
+    if source is not None:
         base = read_hf_config(source)
         if "nanoaft" in base:
-            base = None  # a nanoAFT checkpoint: only its tokenizer files are of use
+            raise UserError(f"{source}: a nanoAFT directory; --source is the original Hugging Face directory")
     hf = hf_config(model.config, base)
+    if base is None and enc is not None:
+        hf.update(eos_token_id=enc.eot_token, bos_token_id=getattr(enc, "bos_token_id", None))
     dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
     hf["torch_dtype"] = dtype  # transformers 5 calls it dtype, and prefers that one when the original had it
     if "dtype" in hf:
@@ -352,52 +459,9 @@ def save_pretrained(model, directory, source=None, max_shard_size=None):
     (directory / CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
     if source is not None:
         copy_tokenizer_files(source, directory)
+    elif enc is not None:
+        write_tokenizer_json(enc, directory)
     return directory
-
-
-def model_directory(path):
-    """The directory holding the model's config.json: `path` itself, or the checkpoint of run directory `path`."""
-    path = Path(path)
-    return path if (path / CONFIG_FILE).is_file() else find_checkpoint(path)
-
-
-def load_any_model(path, device="cpu") -> GPT:
-    """The model of a Hugging Face model directory, or of a nanoAFT model, checkpoint or run directory."""
-    directory = model_directory(path)
-    if "nanoaft" in read_hf_config(directory):
-        return load_model(directory, device)
-    return from_pretrained(directory, device)
-
-
-def tokenizer_files(path) -> list[Path]:
-    """The files that make up the tokenizer of a model directory (Hugging Face, or a nanoAFT model, checkpoint or
-    run directory): our rank file tokenizer.tiktoken when there is one, else the Hugging Face tokenizer files
-    present (possibly none). What checkpoint.save_checkpoint copies in, and what candidate files fingerprint."""
-    directory = model_directory(path)
-    if (directory / RANK_FILE).is_file():
-        return [directory / RANK_FILE]
-    return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
-
-
-def load_tokenizer_of(path):
-    """The tokenizer of a model directory, from the files `tokenizer_files` lists: a tiktoken Encoding for our
-    rank file, an hf_tokenizer.Tokenizer (which knows its end- and begin-of-sequence tokens) otherwise."""
-    directory = model_directory(path)
-    if (directory / RANK_FILE).is_file():
-        return load_tokenizer(str(directory / RANK_FILE))
-    return load_hf_tokenizer(directory)
-
-
-def load_model_and_tokenizer(path, device="cpu"):
-    """(model, tokenizer) of a Hugging Face model directory, or of a nanoAFT model, checkpoint or run directory
-    (whose tokenizer is tokenizer.tiktoken, or the Hugging Face tokenizer files copied into it)."""
-    directory = model_directory(path)
-    enc = load_tokenizer_of(directory)  # first: a directory without a tokenizer fails before gigabytes are read
-    model = load_any_model(directory, device)
-    if enc.n_vocab > model.config.vocab_size:
-        raise UserError(f"{directory}: the tokenizer has {enc.n_vocab} tokens but the model only "
-                        f"{model.config.vocab_size} embeddings")
-    return model, enc
 
 
 # -----------------------------------------------------------------------------
@@ -405,17 +469,21 @@ def load_model_and_tokenizer(path, device="cpu"):
 
 @dataclass
 class ExportConfig:
-    ckpt: str                       # nanoAFT model/checkpoint/run directory (or a Hugging Face one)
+    ckpt: str                       # nanoAFT model, checkpoint or run directory
     out: str                        # where to write the Hugging Face directory
-    source: str = ""                # the original Hugging Face directory: config fields and tokenizer files
+    source: str = ""                # the original Hugging Face directory: its config fields and tokenizer files
     max_shard_size: int = 0         # bytes per safetensors shard (0: one file)
 
 
 def export(cfg):
-    model = load_any_model(cfg.ckpt)
-    source = cfg.source or model_directory(cfg.ckpt)  # by default, the checkpoint's own tokenizer files
-    save_pretrained(model, cfg.out, source=source, max_shard_size=cfg.max_shard_size or None)
+    """Write the model and tokenizer of a nanoAFT directory as a Hugging Face directory (the one loader,
+    checkpoint.load_model_and_tokenizer, reads it)."""
+    from checkpoint import load_model_and_tokenizer  # here: checkpoint.py reaches this file lazily too
+
+    model, enc = load_model_and_tokenizer(cfg.ckpt)
+    save_pretrained(model, cfg.out, source=cfg.source or None, enc=enc, max_shard_size=cfg.max_shard_size or None)
     print(f"wrote {cfg.out}")
+    return Path(cfg.out)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,46 @@
 """
-Foreign tokenizers from local files, converted to tiktoken, offline.
+Foreign tokenizers from local files, converted to nanoAFT's own (tokenizer.Encoding, saved with
+tokenizer.save_tokenizer), offline. Machine room: only hf.py uses this file.
 
 A pretrained model only works with the exact tokenizer it was trained with. Every byte-level BPE tokenizer is
 the same three things: ranks (token bytes -> id, merge priority), a pre-tokenisation regex, and special tokens.
-This file reads them from the files models ship with and builds a `Tokenizer` (a tiktoken.Encoding):
+A rank file alone holds only the first, so which layout a model directory has decides what the other two are;
+they are stated here, never guessed (load_hf_tokenizer):
 
-- a tiktoken rank file (GPT-2's gpt2.tiktoken; our own tokenizer.tiktoken is read by tokenizer.py);
-- GPT-2's original encoder.json + vocab.bpe (Hugging Face calls them vocab.json + merges.txt);
-- a Llama-3 tokenizer.model (a tiktoken rank file, not a sentencepiece model);
-- a Hugging Face tokenizer.json whose model is byte-level BPE (GPT-2, Llama-3, Qwen2, SmolLM).
+  files in the directory               pattern                        special tokens, end-of-text
+  tokenizer.json                       from its pre_tokenizer         its added_tokens; eos named by
+                                       (GPT-2; SmolLM's Digits;       tokenizer_config.json,
+                                       Llama-3/Qwen2's Split regex)   special_tokens_map.json or config.json,
+                                                                      else <|endoftext|>
+  vocab.json + merges.txt              GPT-2's                        entries no merge makes (GPT-2's
+  (or GPT-2's encoder.json + vocab.bpe)                               <|endoftext|>) and tokenizer_config.json's
+  tokenizer.tiktoken +                 stated in tokenizer_info.json  stated in tokenizer_info.json
+    tokenizer_info.json (nanoAFT's)
+  gpt2.tiktoken (GPT-2's rank file)    GPT-2's                        <|endoftext|> right after the last rank
+                                                                      (50256 in the real file)
+  tokenizer.model (Llama-3's, a        Llama-3's                      tokenizer_config.json's, else Llama-3's
+    tiktoken rank file)                                               256, right after the ranks
 
-Which token ends a text is read from the files (tokenizer_config.json, special_tokens_map.json, config.json),
-never assumed. tiktoken's own `eot_token` is hard-wired to "<|endoftext|>", while nanoAFT uses `enc.eot_token`
-everywhere, so `Tokenizer.eot_token` returns the configured end-of-sequence token instead.
+tokenizer.json comes before vocab.json + merges.txt before tokenizer.model, as in transformers (GPT-2's own
+directory ships all of the first two). Refused, with a message: a rank file whose pattern is not stated
+(tokenizer.tiktoken without tokenizer_info.json, any other *.tiktoken name), and a rank file next to another
+layout (which one is meant is ambiguous). A byte-level vocabulary may lack some byte values (SmolLM2's lacks 21);
+tokenizer.Encoding drops such bytes from the text exactly as the tokenizers library does.
 
 Not supported, and refused with a message naming the file: sentencepiece models (Llama-2, Mistral: Unigram, or
 BPE over "▁" pieces with byte fallback), WordPiece, BPE with dropout or subword prefixes, pre-tokenizers other
-than the combinations GPT-2, Llama-3, Qwen2 and SmolLM use, normalizers other than NFC.
+than the combinations GPT-2, Llama-3, Qwen2 and SmolLM use, normalizers other than NFC, an unk_token in a
+vocabulary that lacks some bytes (the unknown token would have to be emitted; tokenizers drops the byte only
+without one).
 """
 
 import json
 import shutil
-import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
-import tiktoken
-
 from configurator import UserError
-from tokenizer import load_ranks
+from tokenizer import INFO_FILE, RANK_FILE, Encoding, load_ranks, load_tokenizer
 
 # GPT-2's pre-tokenisation regex, also what the `tokenizers` library's ByteLevel(use_regex=True) applies.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -52,52 +65,10 @@ LLAMA3_SPECIALS = [
     "<|reserved_special_token_4|>", "<|eot_id|>", *(f"<|reserved_special_token_{i}|>" for i in range(5, 251)),
 ]
 
-# Files that make up a tokenizer in a Hugging Face directory (copied along with a model).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.model", "generation_config.json")
-
-
-class Tokenizer(tiktoken.Encoding):
-    """A tiktoken Encoding that knows its end-of-sequence token (and the begin-of-sequence token the original
-    tokenizer prepends, if any), and optionally normalises text to NFC before encoding, as Qwen2's does
-    (in encode and encode_ordinary, hence their batch forms; not in encode_to_numpy).
-    `eot_token` is the id of `eos_token`, whatever its spelling ("<|endoftext|>", "<|im_end|>", "</s>", ...)."""
-
-    def __init__(self, name, *, pat_str, mergeable_ranks, special_tokens, eos_token, bos_token=None,
-                 normalizer=None):
-        for role, token in (("end-of-sequence", eos_token), ("begin-of-sequence", bos_token)):
-            if token is not None and token not in special_tokens:
-                raise UserError(f"{name}: {role} token {token!r} is not one of the special tokens "
-                                f"{sorted(special_tokens)[:8]}")
-        if normalizer not in (None, "NFC"):
-            raise UserError(f"{name}: normalizer {normalizer!r} is not supported (only NFC)")
-        super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
-        self.eos_token = eos_token
-        self.bos_token = bos_token
-        self.normalizer = normalizer
-
-    @property
-    def eot_token(self):
-        return self._special_tokens[self.eos_token]
-
-    @property
-    def bos_token_id(self):
-        """The id the original tokenizer puts in front of every text, or None (GPT-2, Qwen2, SmolLM)."""
-        return None if self.bos_token is None else self._special_tokens[self.bos_token]
-
-    def _normalize(self, text):
-        return unicodedata.normalize(self.normalizer, text) if self.normalizer else text
-
-    def encode_ordinary(self, text):
-        return super().encode_ordinary(self._normalize(text))
-
-    def encode(self, text, **kwargs):
-        return super().encode(self._normalize(text), **kwargs)
-
-    def __getstate__(self):
-        # tiktoken unpickles by calling __init__ with this dict, so it must carry our arguments too
-        return {**super().__getstate__(), "eos_token": self.eos_token, "bos_token": self.bos_token,
-                "normalizer": self.normalizer}
+# Files that make up a tokenizer in a Hugging Face directory (copied along with an exported model).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                      "merges.txt", "encoder.json", "vocab.bpe", "tokenizer.model", "generation_config.json")
+GPT2_RANK_FILE = "gpt2.tiktoken"
 
 
 # -----------------------------------------------------------------------------
@@ -134,9 +105,8 @@ def ranks_from_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special
         except KeyError:
             raise UserError(f"{source}: token {token!r} (id {rank}) is not in GPT-2's byte-level alphabet; "
                             f"only byte-level BPE is supported") from None
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise UserError(f"{source}: no token for byte(s) {missing[:8]}: not a byte-level vocabulary")
+    if not ranks:
+        raise UserError(f"{source}: no ordinary tokens in the vocabulary")
     merged, last = set(), -1
     for number, (left, right) in enumerate(merges):
         product = left + right
@@ -154,13 +124,28 @@ def ranks_from_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], special
     return ranks
 
 
-def _read_json(path):
+def _read_json(path) -> dict:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@contextmanager
+def _malformed(source):
+    """A file of the wrong shape (a list where an object belongs, a missing id, a string for a number) fails
+    somewhere inside the reading code; this turns that into one line naming the file."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: not the structure expected ({type(e).__name__}: {e})") from None
 
 
 def _parse_merges(lines, source):
@@ -187,8 +172,9 @@ def _special_tokens_from_config(directory) -> dict[str, int]:
     path = Path(directory) / "tokenizer_config.json"
     if not path.is_file():
         return {}
-    decoder = _read_json(path).get("added_tokens_decoder") or {}
-    return {entry["content"]: int(token_id) for token_id, entry in decoder.items()}
+    with _malformed(path):
+        decoder = _read_json(path).get("added_tokens_decoder") or {}
+        return {entry["content"]: int(token_id) for token_id, entry in decoder.items()}
 
 
 def _named_token(directory, role, specials):
@@ -224,39 +210,37 @@ def _eos_token(directory, specials, source, default="<|endoftext|>"):
 # -----------------------------------------------------------------------------
 # The loaders
 
-def load_rank_file(path, pattern=GPT2_PATTERN, special_tokens=None, eos_token="<|endoftext|>") -> Tokenizer:
-    """A tiktoken rank file (GPT-2's gpt2.tiktoken). Its special tokens are not in the file: by default the
-    only one is `eos_token`, right after the last rank (where GPT-2 has <|endoftext|> = 50256)."""
+def load_rank_file(path) -> Encoding:
+    """GPT-2's rank file gpt2.tiktoken: GPT-2's pattern, and <|endoftext|> right after the last rank (50256)."""
     ranks = load_ranks(str(path))
-    if special_tokens is None:
-        special_tokens = {eos_token: max(ranks.values()) + 1}
-    return Tokenizer(Path(path).name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens,
-                     eos_token=eos_token)
+    return Encoding(Path(path).name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                    special_tokens={"<|endoftext|>": max(ranks.values()) + 1})
 
 
-def load_vocab_bpe(encoder_path, merges_path, eos_token=None) -> Tokenizer:
+def load_vocab_bpe(encoder_path, merges_path, eos_token=None) -> Encoding:
     """GPT-2's original files: encoder.json (stand-in string -> id) and vocab.bpe (a "#version" line, then one
     merge per line), the same formats as Hugging Face's vocab.json and merges.txt. They do not mark special
     tokens; the entries no merge makes that are longer than one byte are the special ones (GPT-2's
-    <|endoftext|>). The end-of-sequence token is `eos_token`, else the directory's tokenizer_config.json's,
+    <|endoftext|>). The end-of-text token is `eos_token`, else the directory's tokenizer_config.json's,
     else <|endoftext|>."""
-    vocab = _read_json(encoder_path)
-    try:
-        lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{merges_path}: not found") from None
-    merges = _parse_merges([line for line in lines if line and not line.startswith("#version")], merges_path)
-    made = {left + right for left, right in merges}
-    specials = {token: i for token, i in vocab.items() if len(token) > 1 and token not in made}
-    specials.update(_special_tokens_from_config(Path(encoder_path).parent))
-    ranks = ranks_from_bpe(vocab, merges, specials, str(encoder_path))
-    if eos_token is None:
-        eos_token = _eos_token(Path(encoder_path).parent, specials, str(encoder_path))
-    return Tokenizer(Path(encoder_path).parent.name or "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                     special_tokens=specials, eos_token=eos_token)
+    with _malformed(encoder_path):
+        vocab = _read_json(encoder_path)
+        try:
+            lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"{merges_path}: not found") from None
+        merges = _parse_merges([line for line in lines if line and not line.startswith("#version")], merges_path)
+        made = {left + right for left, right in merges}
+        specials = {token: i for token, i in vocab.items() if len(token) > 1 and token not in made}
+        specials.update(_special_tokens_from_config(Path(encoder_path).parent))
+        ranks = ranks_from_bpe(vocab, merges, specials, str(encoder_path))
+        if eos_token is None:
+            eos_token = _eos_token(Path(encoder_path).parent, specials, str(encoder_path))
+        return Encoding(Path(encoder_path).parent.name or "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                        special_tokens=specials, eot=eos_token)
 
 
-def load_llama3_model(path) -> Tokenizer:
+def load_llama3_model(path) -> Encoding:
     """Llama-3's tokenizer.model: a tiktoken rank file, used with Llama-3's regex. The special tokens come from
     tokenizer_config.json beside it when there is one, else Llama-3's published layout (ids right after the
     ranks); a sentencepiece tokenizer.model (Llama-2 and older) is refused."""
@@ -275,8 +259,8 @@ def load_llama3_model(path) -> Tokenizer:
         specials = {token: first + i for i, token in enumerate(LLAMA3_SPECIALS)}
     eos = _eos_token(path.parent, specials, str(path), default="<|end_of_text|>")
     bos = _named_token(path.parent, "bos_token", specials) or "<|begin_of_text|>"
-    return Tokenizer(path.parent.name or "llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
-                     special_tokens=specials, eos_token=eos, bos_token=bos if bos in specials else None)
+    return Encoding(path.parent.name or "llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
+                    special_tokens=specials, eot=eos, bos=bos if bos in specials else None)
 
 
 def _pre_tokenizer_pattern(pre, source):
@@ -318,51 +302,83 @@ def _bos_from_post_processor(post):
     return None
 
 
-def load_tokenizer_json(path, eos_token=None) -> Tokenizer:
+def load_tokenizer_json(path, eos_token=None) -> Encoding:
     """A Hugging Face tokenizer.json holding a byte-level BPE: model.vocab (stand-in strings -> ids) becomes
-    the ranks, the pre_tokenizer becomes the regex, added_tokens become the special tokens. The end-of-sequence
-    token is `eos_token`, else the one the directory's configs name, else <|endoftext|>."""
+    the ranks, the pre_tokenizer becomes the regex, added_tokens become the special tokens. The end-of-text
+    token is `eos_token`, else the one the directory's configs name, else <|endoftext|>. A vocabulary may lack
+    some bytes (SmolLM2's lacks 21); tokenizer.Encoding then drops them from the text as tokenizers does."""
     path = Path(path)
     source = str(path)
-    data = _read_json(path)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE":
-        raise UserError(f"{source}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
-    if model.get("byte_fallback"):
-        raise UserError(f"{source}: BPE with byte_fallback (a sentencepiece-style tokenizer) is not supported")
-    for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(option):
-            raise UserError(f"{source}: BPE option {option}={model[option]!r} is not supported")
-    normalizer = data.get("normalizer")
-    if normalizer is not None and normalizer.get("type") != "NFC":
-        raise UserError(f"{source}: normalizer {json.dumps(normalizer)[:120]} is not supported (only NFC)")
-    pattern = _pre_tokenizer_pattern(data.get("pre_tokenizer"), source)
+    with _malformed(path):
+        data = _read_json(path)
+        model = data.get("model") or {}
+        if model.get("type") != "BPE":
+            raise UserError(f"{source}: model type {model.get('type')!r} is not supported (only byte-level BPE)")
+        if model.get("byte_fallback"):
+            raise UserError(f"{source}: BPE with byte_fallback (a sentencepiece-style tokenizer) is not supported")
+        for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(option):
+                raise UserError(f"{source}: BPE option {option}={model[option]!r} is not supported")
+        normalizer = data.get("normalizer")
+        if normalizer is not None and normalizer.get("type") != "NFC":
+            raise UserError(f"{source}: normalizer {json.dumps(normalizer)[:120]} is not supported (only NFC)")
+        pattern = _pre_tokenizer_pattern(data.get("pre_tokenizer"), source)
 
-    specials = {entry["content"]: entry["id"] for entry in data.get("added_tokens") or []}
-    specials.update(_special_tokens_from_config(path.parent))
-    ranks = ranks_from_bpe(model.get("vocab") or {}, _parse_merges(model.get("merges") or [], source), specials,
-                           source)
-    if eos_token is None:
-        eos_token = _eos_token(path.parent, specials, source)
-    return Tokenizer(path.parent.name or "tokenizer", pat_str=pattern, mergeable_ranks=ranks,
-                     special_tokens=specials, eos_token=eos_token,
-                     bos_token=_bos_from_post_processor(data.get("post_processor")),
-                     normalizer=None if normalizer is None else "NFC")
+        specials = {entry["content"]: entry["id"] for entry in data.get("added_tokens") or []}
+        specials.update(_special_tokens_from_config(path.parent))
+        ranks = ranks_from_bpe(model.get("vocab") or {}, _parse_merges(model.get("merges") or [], source), specials,
+                               source)
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing and model.get("unk_token"):
+            raise UserError(f"{source}: unk_token={model['unk_token']!r} with no token for byte(s) {missing[:8]}: "
+                            f"unknown tokens are not supported (without an unk_token such bytes are dropped)")
+        if eos_token is None:
+            eos_token = _eos_token(path.parent, specials, source)
+        bos = _bos_from_post_processor(data.get("post_processor"))
+        return Encoding(path.parent.name or "tokenizer", pat_str=pattern, mergeable_ranks=ranks,
+                        special_tokens=specials, eot=eos_token, bos=bos, normalizer=normalizer and "NFC")
 
 
-def load_hf_tokenizer(directory) -> Tokenizer:
-    """The tokenizer of a model directory, from the first of: tokenizer.json; vocab.json + merges.txt
-    (or encoder.json + vocab.bpe); a Llama-3 tokenizer.model."""
+def tokenizer_layout(directory) -> list[str]:
+    """The files that hold the tokenizer of model directory `directory`, by the table in this file's docstring;
+    a UserError when there are none, or when what they mean is not stated or ambiguous."""
     directory = Path(directory)
-    if (directory / "tokenizer.json").is_file():
-        return load_tokenizer_json(directory / "tokenizer.json")
-    for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-        if (directory / vocab).is_file() and (directory / merges).is_file():
-            return load_vocab_bpe(directory / vocab, directory / merges)
-    if (directory / "tokenizer.model").is_file():
-        return load_llama3_model(directory / "tokenizer.model")
-    raise UserError(f"{directory}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
-                    f"encoder.json + vocab.bpe or tokenizer.model)")
+    present = {path.name for path in directory.iterdir() if path.is_file()} if directory.is_dir() else set()
+    hf = next(([*files] for files in (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"),
+                                       ("tokenizer.model",)) if present.issuperset(files)), None)
+    rank_files = sorted(name for name in present if name.endswith(".tiktoken"))
+    unstated = [name for name in rank_files if name not in (RANK_FILE, GPT2_RANK_FILE)]
+    if unstated:
+        raise UserError(f"{directory / unstated[0]}: a rank file whose pattern and special tokens are not stated; "
+                        f"name GPT-2's {GPT2_RANK_FILE}, or give nanoAFT's {RANK_FILE} its {INFO_FILE}")
+    if (RANK_FILE in present) != (INFO_FILE in present):
+        there, absent = (RANK_FILE, INFO_FILE) if RANK_FILE in present else (INFO_FILE, RANK_FILE)
+        raise UserError(f"{directory / there}: without {absent} (nanoAFT's tokenizer is the two together; a GPT-2 "
+                        f"rank file is named {GPT2_RANK_FILE})")
+    layouts = [files for files in (hf, [RANK_FILE, INFO_FILE] if RANK_FILE in present else None,
+                                   [GPT2_RANK_FILE] if GPT2_RANK_FILE in present else None) if files]
+    if len(layouts) > 1:
+        raise UserError(f"{directory}: ambiguous tokenizer: both {' + '.join(layouts[0])} and "
+                        f"{' + '.join(layouts[1])}; keep one")
+    if not layouts:
+        raise UserError(f"{directory}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, encoder.json + "
+                        f"vocab.bpe, tokenizer.model, {RANK_FILE} + {INFO_FILE} or {GPT2_RANK_FILE})")
+    return layouts[0]
+
+
+def load_hf_tokenizer(directory) -> Encoding:
+    """The tokenizer of a model directory, in whichever layout `tokenizer_layout` finds."""
+    directory = Path(directory)
+    files = tokenizer_layout(directory)
+    if files[0] == "tokenizer.json":
+        return load_tokenizer_json(directory / files[0])
+    if files[0] in ("vocab.json", "encoder.json"):
+        return load_vocab_bpe(directory / files[0], directory / files[1])
+    if files[0] == "tokenizer.model":
+        return load_llama3_model(directory / files[0])
+    if files[0] == GPT2_RANK_FILE:
+        return load_rank_file(directory / files[0])
+    return load_tokenizer(directory)
 
 
 def copy_tokenizer_files(source, destination):
@@ -370,7 +386,70 @@ def copy_tokenizer_files(source, destination):
     so load_hf_tokenizer(destination) gives the same tokenizer. Returns the names copied."""
     source, destination = Path(source), Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    copied = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    copied = [name for name in HF_TOKENIZER_FILES if (source / name).is_file()]
     for name in copied:
         shutil.copyfile(source / name, destination / name)
     return copied
+
+
+# -----------------------------------------------------------------------------
+# Back to Hugging Face: a tokenizer.json that the tokenizers library and transformers read
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list equivalent to tiktoken ranks: for each multi-byte token in rank order, the two parts that
+    byte-pair encoding of its bytes with only the lower ranks ends in."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, rank) for a, b in zip(parts, parts[1:])]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= rank:
+                raise UserError(f"token {token!r} (rank {rank}) cannot be built from tokens of lower rank; "
+                                f"not a byte-pair vocabulary")
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def write_tokenizer_json(enc, directory) -> list[Path]:
+    """Write tokenizer.Encoding `enc` as tokenizer.json (byte-level BPE, its pattern as a Split pre-tokenizer) and
+    tokenizer_config.json (end- and begin-of-text names), the files transformers' AutoTokenizer reads.
+    load_tokenizer_json reads them back as the same Encoding."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stand_in = {b: char for char, b in byte_level_alphabet().items()}
+    spell = lambda token: "".join(stand_in[b] for b in token)  # noqa: E731
+    specials = sorted(enc._special_tokens.items(), key=lambda item: item[1])
+    bos = getattr(enc, "bos_name", None)
+    normalizer = getattr(enc, "normalizer", None)
+    data = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for token, i in specials],
+        "normalizer": {"type": normalizer} if normalizer else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": enc._pat_str}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None if bos is None else {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}],
+            "special_tokens": {bos: {"id": bos, "ids": [enc._special_tokens[bos]], "tokens": [bos]}}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  # special tokens in the vocabulary too: tokenizers gives an added token that is not there a new id
+                  "vocab": dict(sorted([*((spell(token), rank) for token, rank in enc._mergeable_ranks.items()),
+                                        *specials], key=lambda item: item[1])),
+                  "merges": [[spell(a), spell(b)] for a, b in merges_from_ranks(enc._mergeable_ranks)]},
+    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": getattr(enc, "eot_name", "<|endoftext|>"),
+              "bos_token": bos, "clean_up_tokenization_spaces": False}
+    paths = [directory / "tokenizer.json", directory / "tokenizer_config.json"]
+    paths[0].write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths[1].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths

@@ -1,6 +1,8 @@
-"""Tests of tokenizer.py: trainer parity with tiktoken's reference trainer, round trips, digits, rank files."""
+"""Tests of tokenizer.py: trainer parity with tiktoken's reference trainer, round trips, digits, nanoAFT's
+tokenizer files (and one clear line for every broken one), vocabularies without a full byte alphabet."""
 
 import json
+import pickle
 import random
 
 import pytest
@@ -10,12 +12,15 @@ from configurator import UserError
 from tokenizer import (
     EOT,
     PATTERN,
+    TOKENIZER_FILES,
+    Encoding,
     TokenizerConfig,
     build_encoding,
     fingerprint,
     load_ranks,
     load_tokenizer,
     save_ranks,
+    save_tokenizer,
     train_bpe,
     train_tokenizer,
 )
@@ -195,3 +200,106 @@ def test_train_tokenizer_from_jsonl(tmp_path, capsys):
     data.write_text(json.dumps(rows[0]) + '\n{"question": "no answer"}\n')
     with pytest.raises(UserError, match=r"train\.jsonl:2:"):
         train_tokenizer(TokenizerConfig(input=str(data), out=out, verbose=0))
+
+
+# -----------------------------------------------------------------------------
+# nanoAFT's tokenizer files: tokenizer.tiktoken + tokenizer_info.json
+
+def test_save_and_load_tokenizer_round_trip(tmp_path, ranks, enc):
+    assert save_tokenizer(enc, tmp_path) == [tmp_path / name for name in TOKENIZER_FILES]
+    info = json.loads((tmp_path / "tokenizer_info.json").read_text())
+    assert info == {"pattern": PATTERN, "special_tokens": {EOT: len(ranks)}, "eot_token": EOT, "bos_token": None,
+                    "normalizer": None, "n_ranks": len(ranks)}
+    back = load_tokenizer(tmp_path)
+    assert (back._mergeable_ranks, back.eot_token, back.bos_token_id, back.n_vocab) == (ranks, len(ranks), None,
+                                                                                        len(ranks) + 1)
+    # another model's tokenizer: its own pattern, ids, end- and begin-of-text tokens and normalizer survive too
+    other = Encoding("other", pat_str=r"\S+|\s+", mergeable_ranks={bytes([b]): b + 3 for b in range(256)},
+                     special_tokens={"<s>": 0, "</s>": 1, "<|im_end|>": 2}, eot="<|im_end|>", bos="<s>",
+                     normalizer="NFC")
+    save_tokenizer(other, tmp_path / "other")
+    back = pickle.loads(pickle.dumps(load_tokenizer(tmp_path / "other")))
+    assert (back._pat_str, back._special_tokens, back.eot_token, back.bos_token_id, back.normalizer) == (
+        r"\S+|\s+", other._special_tokens, 2, 0, "NFC")
+    assert back.encode_ordinary("e\u0301 x") == [ord("\u00e9".encode()[0:1]) + 3, ord("\u00e9".encode()[1:2]) + 3,
+                                                  ord(" ") + 3, ord("x") + 3]  # NFC: é, not e + accent
+
+
+def test_fingerprint_of_a_directory_covers_both_files(tmp_path, enc):
+    save_tokenizer(enc, tmp_path)
+    before = fingerprint(tmp_path)
+    info = json.loads((tmp_path / "tokenizer_info.json").read_text())
+    (tmp_path / "tokenizer_info.json").write_text(json.dumps(info | {"pattern": r"\S+|\s+"}))
+    assert fingerprint(tmp_path) != before and len(before) == 16
+    assert fingerprint(tmp_path / "tokenizer.tiktoken") != fingerprint(tmp_path)
+
+
+def test_bare_rank_file_is_our_pattern_and_eot(tmp_path, ranks):
+    save_ranks(ranks, str(tmp_path / "tokenizer.tiktoken"))
+    enc = load_tokenizer(tmp_path / "tokenizer.tiktoken")
+    assert enc._pat_str == PATTERN and enc._special_tokens == {EOT: len(ranks)} and enc.bos_token_id is None
+
+
+def broken_files(tmp_path, ranks):
+    """(what, file contents by name, the message that must name it): every way the two files can be broken."""
+    good = tmp_path / "good"
+    save_tokenizer(build_encoding(ranks), good)
+    rank_text = (good / "tokenizer.tiktoken").read_text()
+    info = json.loads((good / "tokenizer_info.json").read_text())
+    info_text = json.dumps(info, indent=1)
+    return [
+        ("empty rank file", {"tokenizer.tiktoken": ""}, r"tokenizer\.tiktoken: empty"),
+        ("blank rank file", {"tokenizer.tiktoken": "\n\n"}, r"tokenizer\.tiktoken: empty"),
+        ("cut inside a line", {"tokenizer.tiktoken": rank_text[:-3]}, r"tokenizer\.tiktoken:400: the file ends inside"),
+        ("cut inside the base64", {"tokenizer.tiktoken": rank_text[:11] + "\n"}, r"tokenizer\.tiktoken:2: expected"),
+        ("cut after a line", {"tokenizer.tiktoken": rank_text[:14]}, r"tokenizer\.tiktoken: 2 ranks, but .* says 400"),
+        ("a binary file", {"tokenizer.tiktoken": "\x00\xff\x00 \x01 \x02\n"}, r"tokenizer\.tiktoken:1: expected"),
+        ("missing info file", {"tokenizer_info.json": None}, r"tokenizer_info\.json: not found"),
+        ("missing rank file", {"tokenizer.tiktoken": None}, r"tokenizer\.tiktoken: tokenizer rank file not found"),
+        ("empty info file", {"tokenizer_info.json": ""}, r"tokenizer_info\.json:1: invalid JSON"),
+        ("cut info file", {"tokenizer_info.json": info_text[:40]}, r"tokenizer_info\.json:\d+: invalid JSON"),
+        ("not an object", {"tokenizer_info.json": "[1]"}, r"tokenizer_info\.json: expected a JSON object"),
+        ("no pattern", {"tokenizer_info.json": json.dumps({k: v for k, v in info.items() if k != "pattern"})},
+         r"tokenizer_info\.json: 'pattern' must be"),
+        ("bad pattern", {"tokenizer_info.json": json.dumps(info | {"pattern": "(["})},
+         r"tokenizer_info\.json: 'pattern' is not a valid regular expression"),
+        ("eot not special", {"tokenizer_info.json": json.dumps(info | {"eot_token": "</s>"})},
+         r"end-of-text token '</s>' is not one of the special tokens"),
+        ("id not an int", {"tokenizer_info.json": json.dumps(info | {"special_tokens": {EOT: "400"}})},
+         r"tokenizer_info\.json: 'special_tokens' must map"),
+        ("id of a rank", {"tokenizer_info.json": json.dumps(info | {"special_tokens": {EOT: 7}})},
+         r"special token id 7 is also the rank of an ordinary token"),
+        ("unknown field", {"tokenizer_info.json": json.dumps(info | {"eos": 1})}, r"unknown field\(s\) eos"),
+        ("bad normalizer", {"tokenizer_info.json": json.dumps(info | {"normalizer": "NFKC"})}, r"'NFKC'"),
+    ]
+
+
+def test_every_broken_tokenizer_file_is_one_user_error_naming_it(tmp_path, ranks):
+    for what, contents, message in broken_files(tmp_path, ranks):
+        directory = tmp_path / what.replace(" ", "_")
+        save_tokenizer(build_encoding(ranks), directory)
+        for name, text in contents.items():
+            if text is None:
+                (directory / name).unlink()
+            else:
+                (directory / name).write_bytes(text.encode("latin-1") if what == "a binary file" else text.encode())
+        with pytest.raises(UserError, match=message) as error:
+            load_tokenizer(directory)
+        assert "\n" not in str(error.value), what
+
+
+# -----------------------------------------------------------------------------
+# A vocabulary without a full byte alphabet (test_hf_tokenizer.py checks it against the tokenizers library)
+
+def test_bytes_without_a_token_are_dropped_from_their_piece(ranks):
+    partial = {token: rank for token, rank in ranks.items() if token not in (b"\x04", b"\xff")}
+    enc = build_encoding(partial)
+    assert enc.missing_bytes == b"\x04\xff"
+    full = build_encoding(ranks)
+    assert enc.encode_ordinary("\x04") == []
+    assert enc.encode_ordinary("ab\x04cd") == full.encode_ordinary("abcd")  # one piece: merged as if never there
+    assert enc.encode_ordinary("12 apples") == full.encode_ordinary("12 apples")  # tiktoken's own path
+    assert enc.encode("x\x04" + EOT, allowed_special="all") == full.encode_ordinary("x") + [enc.eot_token]
+    with pytest.raises(ValueError, match="disallowed special token"):
+        enc.encode("\x04" + EOT)
+    assert enc.encode_ordinary("\ud800a\x04") == full.encode_ordinary("\ufffda")  # a lone surrogate, as tiktoken
