@@ -112,6 +112,7 @@ def find_equations(text):
         return [tuple(_clean(side) for side in a.rsplit("=", 1)) for a in annotations]
     equations = []
     for line in text.splitlines():
+        line = line.replace("–", "-").replace("−", "-")  # dashes as minus signs (AQuA's rationales)
         parts = _CENTS.sub("%", _TIMES.sub("*", line)).split("=")
         equations += [(_side(lhs, True), _side(rhs, False)) for lhs, rhs in zip(parts, parts[1:])]
     return equations
