@@ -12,7 +12,7 @@ number or, for a multiple-choice task (AQuA), the letter of an option, A to E.
 
 import re
 from collections import Counter
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -36,16 +36,9 @@ _TOKEN = re.compile(rf"\s*(?:({_NUMBER})|(//|[-+*/x×÷()%]))")
 
 
 def _canonical_number(text):
-    """'072', '72.0' and '72' all become '72'; '0.50' becomes '0.5'. None if not a number."""
-    try:
-        value = Decimal(text.replace(",", "").replace("$", ""))
-    except InvalidOperation:
-        return None
-    if not value.is_finite():
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
+    """'072', '72.0' and '72' all become '72'; '0.50' becomes '0.5' (text is a number _FINAL_LINE matched)."""
+    value = Decimal(text.replace(",", ""))
+    return str(int(value)) if value == value.to_integral_value() else format(value.normalize(), "f")
 
 
 def extract_answer(text):
@@ -100,13 +93,9 @@ def _side(text, left):
 
 def find_equations(text):
     """The (lhs, rhs) equations a COT states, `$`, commas and extra spaces removed; a side that cannot be read
-    reliably is None (the equation is then unchecked, see check_equation).
-
-    GSM8K's calculator annotations `<<48/2=24>>` when the text has any: GSM8K writes each equation twice
-    ("48/2 = <<48/2=24>>24") and the annotation is what a calculator read. Otherwise every '=' is an equation
-    between the arithmetic on either side of it: `3 * 4 = $12`, `0.2 x 50 = 10`, `14(2)=28`,
-    `4/5 * 1/4 = 1/5 = 20%` (two equations).
-    """
+    reliably is None (the equation is then unchecked). GSM8K's calculator annotations `<<48/2=24>>` when the
+    text has any (GSM8K writes each equation twice: "48/2 = <<48/2=24>>24"); otherwise every '=' is one, between
+    the arithmetic either side of it: `3 * 4 = $12`, `14(2)=28`, `4/5 * 1/4 = 1/5 = 20%` (two equations)."""
     annotations = [a for a in _ANNOTATION.findall(text) if "=" in a]
     if annotations:
         return [tuple(_clean(side) for side in a.rsplit("=", 1)) for a in annotations]

@@ -3,9 +3,8 @@
 A training example is the prompt `format_prompt(question)` followed by the completion: the answer text,
 then the end-of-text token (the tokenizer appends it; only the completion is ever scored).
 
-load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k", data_dir) reads GSM8K's
-train.jsonl and test.jsonl; load_task("aqua", data_dir) reads AQuA-RAT's dev.json and test.json (load_aqua).
-Nothing is downloaded: the files come from ../shared/data or their public repositories (docs/gsm8k_gpu.md).
+load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k" or "aqua", data_dir) reads
+GSM8K's or AQuA-RAT's files, which are never downloaded here (no network at run time).
 """
 
 import json
@@ -117,12 +116,10 @@ def task_from_config(config):
     """The splits a training config describes. `config` is a dict (a saved run's config works too) with the
     keys dataset, data_dir, data_seed, n_train and, for synth, min_chain_steps, max_chain_steps, max_factor
     and max_number; missing keys take the defaults."""
-    d = synth.Difficulty()
+    names = {"min_chain_steps": "min_steps", "max_chain_steps": "max_steps", "max_factor": "max_factor",
+             "max_number": "max_number"}  # the config's names of synth.Difficulty's fields
     try:
-        difficulty = synth.Difficulty(min_steps=config.get("min_chain_steps", d.min_steps),
-                                      max_steps=config.get("max_chain_steps", d.max_steps),
-                                      max_factor=config.get("max_factor", d.max_factor),
-                                      max_number=config.get("max_number", d.max_number))
+        difficulty = synth.Difficulty(**{field: config[key] for key, field in names.items() if key in config})
     except ValueError as e:
         raise UserError(f"difficulty: {e}") from None
     return load_task(config.get("dataset", "synth"), data_dir=config.get("data_dir") or None,
