@@ -23,12 +23,12 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 # `#### C` or `#### (C)` names an option.
 _FINAL_LINE = re.compile(rf"####\s*(-?)\s*\$?\s*(-?)\s*({_NUMBER})")
 _FINAL_LETTER = re.compile(r"####\s*\(?([A-E])\b")
-
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 # What an equation's sides are made of: numbers, `$`, `%`, operators, parentheses, spaces; '.' and ',' only
 # inside a number, so a full stop ends a side. Letters end it too: `x` is a variable unless _TIMES makes it `*`.
-_ARITHMETIC = r"(?:[\d$%()+\-*/×÷ \t]|[.,](?=\d))*"
-_LEFT, _RIGHT = re.compile(_ARITHMETIC + r"\Z"), re.compile(_ARITHMETIC)
+_ARITHMETIC = r"[\d$%()+\-*/×÷ \t]"
+_RIGHT = re.compile(rf"(?:{_ARITHMETIC}|[.,](?=\d))*")
+_LEFT = re.compile(rf"(?:{_ARITHMETIC}|(?<=\d)[.,])*")  # the same, read backwards from the end of a text
 _TIMES = re.compile(r"(?<=[\d)%]) ?x ?(?=[\d$(.])")  # "0.2 x 50" is a product; "2x", "x/2" are algebra
 _TOUCH = ":;,.!?\"'"  # punctuation that may touch a side (not between digits: 10:30); anything else cuts it off
 _CENTS = re.compile(r"(?<=\d) ?(?:cents\b|¢)")  # hundredths of a dollar, read like "%": "$2.50 - $2.24 = 26 cents"
@@ -74,9 +74,8 @@ def _side(text, left):
     """The arithmetic that ends (left) or starts `text` next to an '=', or None when it is cut off, so that
     algebra and units are never checked as if the readable part were the whole side: a letter or symbol
     touches it (`X*2 - 40`, `5A`, `$12/hour`) or it opens with an operator (`X + 10`)."""
-    match = _LEFT.search(text) if left else _RIGHT.match(text)
-    side = match.group()
-    outside = text[:match.start()] if left else text[match.end():]
+    cut = len(text) - _LEFT.match(text[::-1]).end() if left else _RIGHT.match(text).end()
+    side, outside = (text[cut:], text[:cut]) if left else (text[:cut], text[cut:])
     edge, touching = (side[:1], outside[-1:]) if left else (side[-1:], outside[:1])
     beyond = outside[-2:-1] if left else outside[1:2]
     if not re.search(r"\d", side) or edge.strip() and touching and (touching not in _TOUCH or beyond.isdigit()):
@@ -114,18 +113,12 @@ def evaluate_expression(expr):
     parentheses, unary minus, and a product written without a sign before a parenthesis: `14(2)`. A small
     recursive-descent parser, never eval. A division by zero raises ZeroDivisionError: readable, but no value.
     """
-    tokens, position = [], 0
-    expr = expr.replace("$", "").strip()
-    while position < len(expr):
-        match = _TOKEN.match(expr, position)
-        if match is None:
-            return None
-        number, operator = match.groups()
-        if number:
-            tokens.append(Fraction(number.replace(",", "")))
-        else:
-            tokens.append({"x": "*", "×": "*", "÷": "/"}.get(operator, operator))
-        position = match.end()
+    expr = expr.replace("$", "").rstrip()
+    matches = list(_TOKEN.finditer(expr))
+    if "".join(match.group() for match in matches) != expr:  # something between the tokens is not arithmetic
+        return None
+    tokens = [Fraction(number.replace(",", "")) if number else {"x": "*", "×": "*", "÷": "/"}.get(sign, sign)
+              for number, sign in (match.groups() for match in matches)]
     tokens.append(None)  # end marker, so peeking never runs off the list
     index = 0
 
@@ -183,7 +176,6 @@ def check_equation(lhs, rhs):
     if lhs is None or rhs is None:
         return None
     readings = [(lhs, rhs)] + ([(lhs.replace("%", ""), rhs.replace("%", ""))] if "%" in lhs + rhs else [])
-    holds = []
     for left, right in readings:
         try:
             value, stated = evaluate_expression(left), evaluate_expression(right)
@@ -193,8 +185,9 @@ def check_equation(lhs, rhs):
             return None
         decimals = re.fullmatch(r"-?\d*\.(\d+)(%?)", right)
         tolerance = Fraction(1, 2 * 10 ** len(decimals[1]) * (100 if decimals[2] else 1)) if decimals else 0
-        holds.append(abs(value - stated) <= tolerance)
-    return any(holds)
+        if abs(value - stated) <= tolerance:
+            return True
+    return False
 
 
 class Soundness(NamedTuple):
@@ -221,9 +214,8 @@ def grade(completion, gold_answer_text):
         r = 1[final answer correct] + 0.5 * (fraction of its checked equations that are true)
 
     so every correct chain (r >= 1) ranks above every wrong one (r <= 0.5), and within each group sounder
-    arithmetic ranks higher. [ours] Equations that cannot be read are left out of the fraction, not counted
-    false, and a COT with no checkable equation counts as sound (1): equation_soundness says how many were
-    checked.
+    arithmetic ranks higher. [ours] Unreadable equations are left out of the fraction, not counted false; with
+    none checkable it is 1. equation_soundness says how many were checked.
     """
     return float(is_correct(completion, gold_answer_text)) + 0.5 * equation_soundness(completion).fraction
 

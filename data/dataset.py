@@ -30,10 +30,8 @@ def _read_objects(path, keys):
     path = Path(path)
     try:
         lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror})") from None
+    except OSError as error:  # not found, a folder, no permission
+        raise UserError(f"{path}: cannot read ({error.strerror.lower()})") from None
     objects = []
     for number, line in enumerate(lines, start=1):
         where = f"{path}:{number}"

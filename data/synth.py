@@ -2,9 +2,9 @@
 
 Each template writes a question and every chain of thought it knows for it. A chain is a few lines, one
 reasoning step each, every step carrying its equation as `a op b = c` (integers only; a division is always
-exact), then the GSM8K final line `#### N`. A problem usually admits several chains: independent
-sub-results computed in either order (Monday's output, then Tuesday's, or the other way round) and
-equivalent decompositions (3 * 4 + 3 * 5 against 4 + 5 = 9, 3 * 9 = 27).
+exact), then the GSM8K final line `#### N`. A problem usually admits several chains: independent sub-results
+in either order (Monday's output, then Tuesday's) and equivalent decompositions (3 * 4 + 3 * 5 against 4 + 5 = 9,
+3 * 9 = 27).
 
 As in GSM8K, the training reference is ONE of those chains: the canonical one (the order the question
 tells the story in) with probability `p_canonical`, otherwise one of the others, uniformly. So a model
@@ -28,12 +28,10 @@ class Difficulty:
     p_canonical: float = 0.8  # chance that the reference chain is the canonical one; else another, uniformly
 
     def __post_init__(self):
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
-        if self.max_factor < 2 or self.max_number < 5 or self.max_result < 10:
-            raise ValueError("need max_factor >= 2, max_number >= 5 and max_result >= 10")
-        if not 0.0 <= self.p_canonical <= 1.0:
-            raise ValueError(f"p_canonical must be in [0, 1], got {self.p_canonical}")
+        if not (1 <= self.min_steps <= self.max_steps and self.max_factor >= 2 and self.max_number >= 5
+                and self.max_result >= 10 and 0.0 <= self.p_canonical <= 1.0):
+            raise ValueError(f"need 1 <= min_steps <= max_steps, max_factor >= 2, max_number >= 5, max_result >= 10 "
+                             f"and 0 <= p_canonical <= 1; got {self}")
 
 
 @dataclass

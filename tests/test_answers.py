@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -161,6 +162,13 @@ def test_grade_by_hand():
     assert grade("3x = 27\n27 / 3 = 9\n#### 9", "#### 9") == 1.5
     # every correct chain outranks every wrong one
     assert grade("4 + 5 = 10\n#### 27", gold) == 1.0 > grade("4 + 5 = 9\n#### 26", gold) == 0.5
+
+
+def test_reading_equations_takes_linear_time():
+    start = time.perf_counter()
+    for text in ("1 " * 20_000 + "a = 5", "1.5 " * 20_000 + "= 5", "7" * 20_000 + "a"):
+        find_equations(text), evaluate_expression(text)
+    assert time.perf_counter() - start < 2.0  # a backtracking regex takes minutes here
 
 
 def test_every_built_in_equation_is_checked_and_a_wrong_one_caught():

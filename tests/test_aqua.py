@@ -87,7 +87,7 @@ def test_malformed_aqua_names_file_and_line(tmp_path, change, fragment):
 
 def test_aqua_needs_both_files(tmp_path):
     (tmp_path / "dev.json").write_text(json.dumps(GOOD) + "\n")
-    with pytest.raises(UserError, match="test.json: file not found"):
+    with pytest.raises(UserError, match="test.json: cannot read .no such file"):
         load_task("aqua", data_dir=tmp_path)
     (tmp_path / "test.json").write_text(json.dumps(GOOD) + "\n")
     with pytest.raises(UserError, match="n_val=1 must be at least 0 and below the 1 training records"):
