@@ -221,7 +221,7 @@ def grade(completion, gold_answer_text):
 
 
 def is_degenerate(text, min_ngram=4, repeats=3):
-    """True when a COT shows the collapse the alignment constraint exists to prevent [ours, PAPER.md section 7].
+    """True when a COT shows the collapse the alignment constraint exists to prevent [ours, docs/method.md section 7].
 
     The exact rule; any one of:
     1. no final answer (extract_answer is None);

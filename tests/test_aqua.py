@@ -78,7 +78,7 @@ def test_malformed_aqua_names_file_and_line(tmp_path, change, fragment):
     with pytest.raises(UserError) as error:
         load_aqua(path)
     message = str(error.value)
-    assert f"dev.json:2:" in message and fragment in message and "\n" not in message
+    assert "dev.json:2:" in message and fragment in message and "\n" not in message
     missing = {k: v for k, v in GOOD.items() if k != "options"}
     path.write_text(json.dumps(missing) + "\n")
     with pytest.raises(UserError, match="dev.json:1: missing key 'options'"):
