@@ -3,22 +3,20 @@
 A training example is the prompt `format_prompt(question)` followed by the completion: the answer text,
 then the end-of-text token (the tokenizer appends it; only the completion is ever scored).
 
-load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k", data_dir) reads GSM8K's
-train.jsonl and test.jsonl, which download_gsm8k fetches on a machine with internet.
+load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k" or "aqua", data_dir) reads
+GSM8K's or AQuA-RAT's files, which are never downloaded here (no network at run time).
 """
 
 import json
-import os
-import tempfile
-import urllib.request
 from pathlib import Path
 
 from configurator import UserError
 from data import synth
 from data.answers import extract_answer
 
-GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
-TASKS = ("synth", "gsm8k")
+TASKS = ("synth", "gsm8k", "aqua")
+FILES = {"gsm8k": ("train.jsonl", "test.jsonl"), "aqua": ("dev.json", "test.json")}
+LETTERS = "ABCDE"
 
 
 def format_prompt(question):
@@ -26,98 +24,100 @@ def format_prompt(question):
     return f"Question: {question}\nAnswer:\n"
 
 
-def load_jsonl(path):
-    """GSM8K-format records from a jsonl file; any malformed input raises UserError naming file and line."""
+def _read_objects(path, keys):
+    """(where, record) for each non-blank line of a JSON-lines file, where = "file:line" and record a JSON object
+    with string values under `keys`; anything else raises a one-line UserError naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read ({error})") from None
-    records = []
+        lines = path.read_bytes().splitlines()
+    except OSError as error:  # not found, a folder, no permission
+        raise UserError(f"{path}: cannot read ({error.strerror.lower()})") from None
+    objects = []
     for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
         if not line.strip():
             continue
-        where = f"{path}:{number}"
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserError(f"{where}: not UTF-8 text (byte {error.start + 1} of the line)") from None
         except json.JSONDecodeError as error:
             raise UserError(f"{where}: malformed JSON ({error.msg})") from None
         if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object with keys question and answer")
-        for key in ("question", "answer"):
+            raise UserError(f"{where}: expected a JSON object with keys {', '.join(keys)}")
+        for key in keys:
             if key not in record:
                 raise UserError(f"{where}: missing key '{key}'")
-            if not isinstance(record[key], str):
+            if key != "options" and not isinstance(record[key], str):
                 raise UserError(f"{where}: '{key}' must be a string, got {type(record[key]).__name__}")
+        objects.append((where, record))
+    if not objects:
+        raise UserError(f"{path}: empty file, no records")
+    return objects
+
+
+def load_jsonl(path):
+    """GSM8K-format records from a jsonl file; any malformed input raises UserError naming file and line."""
+    records = []
+    for where, record in _read_objects(path, ("question", "answer")):
         if extract_answer(record["answer"]) is None:
             raise UserError(f"{where}: answer has no final line '#### N' with a number N")
         records.append({"question": record["question"], "answer": record["answer"]})
-    if not records:
-        raise UserError(f"{path}: empty file, no records")
     return records
 
 
-def download_gsm8k(dest_dir, timeout=10):
-    """Fetch GSM8K's train.jsonl and test.jsonl into dest_dir (each written whole or not at all)."""
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
-        url = GSM8K_URL.format(split=split)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                content = response.read()
-        except OSError as error:  # URLError, HTTPError and timeouts are all OSErrors
-            raise UserError(f"downloading {url} failed ({error}); offline, put train.jsonl and test.jsonl from "
-                            f"https://github.com/openai/grade-school-math (grade_school_math/data/) in {dest_dir} "
-                            f"by hand") from None
-        handle, temporary = tempfile.mkstemp(dir=dest_dir, prefix=f".{split}.", suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(content)
-            load_jsonl(temporary)  # a truncated or wrong download must not replace a good file
-            os.replace(temporary, dest_dir / f"{split}.jsonl")
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+def load_aqua(path):
+    """AQuA-RAT records (question, five options "A)..".."E)..", rationale, correct letter) as GSM8K-format ones:
+    the question is followed by its options, one a line, so the prompt shows them; the answer is the rationale
+    as written (it often ends "Answer is C" already) and then GSM8K's final line `#### C`, so extraction,
+    grading and the majority vote work unchanged."""
+    records = []
+    for where, record in _read_objects(path, ("question", "options", "rationale", "correct")):
+        options = record["options"]
+        if not isinstance(options, list) or [str(o)[:2] for o in options] != [f"{x})" for x in LETTERS]:
+            raise UserError(f"{where}: 'options' must be five strings 'A)...' to 'E)...'")
+        if record["correct"] not in LETTERS:
+            raise UserError(f"{where}: 'correct' must be a letter A to E, got {record['correct']!r}")
+        records.append({"question": "\n".join([record["question"].strip(), *options]),
+                        "answer": f"{record['rationale'].strip()}\n#### {record['correct']}".strip()})
+    return records
 
 
-def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=500, n_test=None,
+def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=None, n_test=None,
               difficulty=synth.Difficulty()):
     """Splits {"train", "val", "test"} of GSM8K-format records.
 
-    synth: drawn by synth.make_splits under `seed`; n_train and n_test default to 20,000 and 1,000.
-    gsm8k: data_dir/train.jsonl and data_dir/test.jsonl; val is the last n_val training records (the order
-    of the file, so it is deterministic); n_train and n_test, when given, keep only the first records.
+    synth: drawn by synth.make_splits under `seed`; n_train, n_val and n_test default to 20,000, 500 and 1,000.
+    gsm8k: data_dir/train.jsonl and test.jsonl; val is the last n_val (500) training records.
+    aqua: AQuA-RAT's data_dir/dev.json and test.json. Its train.json (97k problems) is not in ../shared/data,
+    so the 254 dev problems are the training set, their last n_val (a tenth) are val, and test.json is test.
+    val is the end of the file's order, so it is deterministic; n_train and n_test keep only the first records.
     """
     if name == "synth":
-        n_train = 20_000 if n_train is None else n_train
-        n_test = 1_000 if n_test is None else n_test
-        return synth.make_splits(n_train, n_val, n_test, seed, difficulty)
-    if name == "gsm8k":
-        if data_dir is None:
-            raise UserError("task gsm8k needs data_dir, the folder with train.jsonl and test.jsonl "
-                            "(data.dataset.download_gsm8k fetches them)")
-        train = load_jsonl(Path(data_dir) / "train.jsonl")
-        test = load_jsonl(Path(data_dir) / "test.jsonl")
-        if not 0 <= n_val < len(train):
-            raise UserError(f"n_val={n_val} must be at least 0 and below the {len(train)} training records")
-        fit = train[:len(train) - n_val]
-        return {"train": fit[:n_train], "val": train[len(train) - n_val:], "test": test[:n_test]}
-    raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(TASKS)}")
+        return synth.make_splits(20_000 if n_train is None else n_train, 500 if n_val is None else n_val,
+                                 1_000 if n_test is None else n_test, seed, difficulty)
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(TASKS)}")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise UserError(f"task {name} needs data_dir, an existing folder with {' and '.join(FILES[name])}"
+                        + (f" (got '{data_dir}')" if data_dir else ""))
+    load = load_jsonl if name == "gsm8k" else load_aqua
+    train, test = (load(Path(data_dir) / file) for file in FILES[name])
+    n_val = (500 if name == "gsm8k" else len(train) // 10) if n_val is None else n_val
+    if not 0 <= n_val < len(train):
+        raise UserError(f"n_val={n_val} must be at least 0 and below the {len(train)} training records")
+    fit = train[:len(train) - n_val]
+    return {"train": fit[:n_train], "val": train[len(train) - n_val:], "test": test[:n_test]}
 
 
 def task_from_config(config):
     """The splits a training config describes. `config` is a dict (a saved run's config works too) with the
     keys dataset, data_dir, data_seed, n_train and, for synth, min_chain_steps, max_chain_steps, max_factor
     and max_number; missing keys take the defaults."""
-    d = synth.Difficulty()
+    names = {"min_chain_steps": "min_steps", "max_chain_steps": "max_steps", "max_factor": "max_factor",
+             "max_number": "max_number"}  # the config's names of synth.Difficulty's fields
     try:
-        difficulty = synth.Difficulty(min_steps=config.get("min_chain_steps", d.min_steps),
-                                      max_steps=config.get("max_chain_steps", d.max_steps),
-                                      max_factor=config.get("max_factor", d.max_factor),
-                                      max_number=config.get("max_number", d.max_number))
+        difficulty = synth.Difficulty(**{field: config[key] for key, field in names.items() if key in config})
     except ValueError as e:
         raise UserError(f"difficulty: {e}") from None
     return load_task(config.get("dataset", "synth"), data_dir=config.get("data_dir") or None,

@@ -2,14 +2,14 @@
 
 Each template writes a question and every chain of thought it knows for it. A chain is a few lines, one
 reasoning step each, every step carrying its equation as `a op b = c` (integers only; a division is always
-exact), then the GSM8K final line `#### N`. A problem usually admits several chains: independent
-sub-results computed in either order (Monday's output, then Tuesday's, or the other way round) and
-equivalent decompositions (3 * 4 + 3 * 5 against 4 + 5 = 9, 3 * 9 = 27).
+exact), then the GSM8K final line `#### N`. A problem usually admits several chains: independent sub-results
+in either order (Monday's output, then Tuesday's) and equivalent decompositions (3 * 4 + 3 * 5 against 4 + 5 = 9,
+3 * 9 = 27).
 
 As in GSM8K, the training reference is ONE of those chains: the canonical one (the order the question
 tells the story in) with probability `p_canonical`, otherwise one of the others, uniformly. So a model
 fine-tuned on the references sees the alternatives rarely and tends to score them below the canonical
-chain although they are just as correct: the assessment misalignment that AFT corrects (PAPER.md section 1).
+chain although they are just as correct: the assessment misalignment that AFT corrects (docs/method.md section 1).
 
 Everything is drawn from one random.Random, so a seed fixes the whole dataset.
 """
@@ -28,12 +28,10 @@ class Difficulty:
     p_canonical: float = 0.8  # chance that the reference chain is the canonical one; else another, uniformly
 
     def __post_init__(self):
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
-        if self.max_factor < 2 or self.max_number < 5 or self.max_result < 10:
-            raise ValueError("need max_factor >= 2, max_number >= 5 and max_result >= 10")
-        if not 0.0 <= self.p_canonical <= 1.0:
-            raise ValueError(f"p_canonical must be in [0, 1], got {self.p_canonical}")
+        if not (1 <= self.min_steps <= self.max_steps and self.max_factor >= 2 and self.max_number >= 5
+                and self.max_result >= 10 and 0.0 <= self.p_canonical <= 1.0):
+            raise ValueError(f"need 1 <= min_steps <= max_steps, max_factor >= 2, max_number >= 5, max_result >= 10 "
+                             f"and 0 <= p_canonical <= 1; got {self}")
 
 
 @dataclass
@@ -51,52 +49,35 @@ class Step:
     needs: tuple = ()         # keys of the steps whose results this line uses
 
 
-def _orders(steps):
+def _orders(steps, done=()):
     """All orders of `steps` in which each step comes after the steps it needs; the listed order first."""
-    orders, order, done = [], [], set()
-
-    def extend():
-        if len(order) == len(steps):
-            orders.append(list(order))
-            return
-        for step in steps:
-            if step.key not in done and done.issuperset(step.needs):
-                done.add(step.key)
-                order.append(step)
-                extend()
-                order.pop()
-                done.discard(step.key)
-
-    extend()
-    return orders
+    if len(done) == len(steps):
+        return [list(done)]
+    keys = {step.key for step in done}
+    return [order for step in steps if step.key not in keys and keys.issuperset(step.needs)
+            for order in _orders(steps, done + (step,))]
 
 
-NAMES = [
-    ("Natalia", "she"), ("James", "he"), ("Maria", "she"), ("Tom", "he"), ("Lily", "she"), ("Omar", "he"),
-    ("Priya", "she"), ("Carlos", "he"), ("Mei", "she"), ("Jamal", "he"), ("Sofia", "she"), ("Ben", "he"),
-    ("Aisha", "she"), ("Leo", "he"), ("Nora", "she"), ("Ravi", "he"), ("Emma", "she"), ("Sam", "he"),
-    ("Grace", "she"), ("Diego", "he"), ("Hana", "she"), ("Kofi", "he"), ("Zoe", "she"), ("Marco", "he"),
-]
+NAMES = [("Natalia", "she"), ("James", "he"), ("Maria", "she"), ("Tom", "he"), ("Lily", "she"), ("Omar", "he"),
+         ("Priya", "she"), ("Carlos", "he"), ("Mei", "she"), ("Jamal", "he"), ("Sofia", "she"), ("Ben", "he"),
+         ("Aisha", "she"), ("Leo", "he"), ("Nora", "she"), ("Ravi", "he"), ("Emma", "she"), ("Sam", "he"),
+         ("Grace", "she"), ("Diego", "he"), ("Hana", "she"), ("Kofi", "he"), ("Zoe", "she"), ("Marco", "he")]
 POSSESSIVE = {"he": "his", "she": "her", "it": "its"}
 GOODS = ["notebooks", "pens", "apples", "toy cars", "cupcakes", "shirts", "books", "candles", "mugs", "tickets"]
 FRUITS = ["apples", "oranges", "strawberries", "plums", "peaches", "lemons", "cherries", "pears"]
 PURCHASES = ["game", "book", "scarf", "ticket", "puzzle", "lamp", "backpack", "kite", "watch", "hat"]
 STOCK = ["pens", "pencils", "markers", "cans of soup", "bottles of juice", "bars of soap", "light bulbs"]
 # (subject, pronoun, verb, things, thing, participle)
-WORKERS = [
-    ("A machine", "it", "makes", "toys", "toy", "made"),
-    ("A bakery", "it", "bakes", "cakes", "cake", "baked"),
-    ("A workshop", "it", "builds", "chairs", "chair", "built"),
-    ("A printer", "it", "prints", "posters", "poster", "printed"),
-]
+WORKERS = [("A machine", "it", "makes", "toys", "toy", "made"),
+           ("A bakery", "it", "bakes", "cakes", "cake", "baked"),
+           ("A workshop", "it", "builds", "chairs", "chair", "built"),
+           ("A printer", "it", "prints", "posters", "poster", "printed")]
 # (place, things)
 CONTAINERS = [("shelf", "books"), ("jar", "marbles"), ("box", "crayons"), ("basket", "eggs"), ("tray", "cookies")]
 # (leader, pronoun, groups, members, gift)
-LEADERS = [
-    ("A teacher", "she", "groups", "students", "stickers"),
-    ("A coach", "he", "teams", "players", "water bottles"),
-    ("A camp leader", "she", "tents", "campers", "marshmallows"),
-]
+LEADERS = [("A teacher", "she", "groups", "students", "stickers"),
+           ("A coach", "he", "teams", "players", "water bottles"),
+           ("A camp leader", "she", "tents", "campers", "marshmallows")]
 
 
 def _fits(d, *values):
@@ -118,10 +99,8 @@ def _shopping(rng, d):
     cost2 = Step("y", f"The {item2} cost {b} * {q} = ${y}.")
     decompositions = [[cost1, cost2, Step("t", f"{name} spends {x} + {y} = ${t} in total.", ("x", "y"))]]
     if same_price:
-        decompositions.append([
-            Step("k", f"{name} buys {a} + {b} = {a + b} items."),
-            Step("t", f"{name} spends {a + b} * {p} = ${t} in total.", ("k",)),
-        ])
+        decompositions.append([Step("k", f"{name} buys {a} + {b} = {a + b} items."),
+                               Step("t", f"{name} spends {a + b} * {p} = ${t} in total.", ("k",))])
         buys = f"{a} {item1} and {b} {item2}. Each item costs ${p}."
     else:
         buys = f"{a} {item1} for ${p} each and {b} {item2} for ${q} each."
@@ -136,12 +115,9 @@ def _shopping(rng, d):
     lots = ((cost1, x, item1), (cost2, y, item2))
     for (first, spent, item), (second, rest, other) in (lots, lots[::-1]):
         decompositions.append([
-            first,
-            Step("r", f"After paying for the {item}, {name} has {m} - {spent} = ${m - spent}.", (first.key,)),
-            second,
-            Step("left", f"After paying for the {other}, {he} has {m - spent} - {rest} = ${left} left.",
-                 ("r", second.key)),
-        ])
+            first, Step("r", f"After paying for the {item}, {name} has {m} - {spent} = ${m - spent}.", (first.key,)),
+            second, Step("left", f"After paying for the {other}, {he} has {m - spent} - {rest} = ${left} left.",
+                         ("r", second.key))])
     question = f"{name} has ${m}. {he.capitalize()} buys {buys} How much money does {he} have left?"
     return question, decompositions, left
 
@@ -158,15 +134,11 @@ def _sharing(rng, d):
             return None
         question = (f"{n1} picked {a} {fruit} and {n2} picked {b} {fruit}. They packed all the {fruit} equally "
                     f"into {k} baskets. How many {fruit} are in each basket?")
-        pooled = [
-            Step("t", f"Together they picked {a} + {b} = {a + b} {fruit}."),
-            Step("e", f"Each basket gets {a + b} / {k} = {i + j} {fruit}.", ("t",)),
-        ]
-        shared = [
-            Step("i", f"{n1}'s {fruit} put {a} / {k} = {i} in each basket."),
-            Step("j", f"{n2}'s {fruit} put {b} / {k} = {j} in each basket."),
-            Step("e", f"Each basket gets {i} + {j} = {i + j} {fruit}.", ("i", "j")),
-        ]
+        pooled = [Step("t", f"Together they picked {a} + {b} = {a + b} {fruit}."),
+                  Step("e", f"Each basket gets {a + b} / {k} = {i + j} {fruit}.", ("t",))]
+        shared = [Step("i", f"{n1}'s {fruit} put {a} / {k} = {i} in each basket."),
+                  Step("j", f"{n2}'s {fruit} put {b} / {k} = {j} in each basket."),
+                  Step("e", f"Each basket gets {i} + {j} = {i + j} {fruit}.", ("i", "j"))]
         return question, [pooled, shared], i + j
     e = rng.randint(2, d.max_factor)
     t = k * e
@@ -181,11 +153,9 @@ def _sharing(rng, d):
     decompositions = []
     for first, second, third in ((0, 1, 2), (0, 2, 1), (1, 2, 0)):
         (p1, v1), (p2, v2), (_, v3) = pickers[first], pickers[second], pickers[third]
-        decompositions.append([
-            Step("s", f"{p1} and {p2} picked {v1} + {v2} = {v1 + v2} {fruit}."),
-            Step("t", f"All together they picked {v1 + v2} + {v3} = {t} {fruit}.", ("s",)),
-            Step("e", f"Each basket gets {t} / {k} = {e} {fruit}.", ("t",)),
-        ])
+        decompositions.append([Step("s", f"{p1} and {p2} picked {v1} + {v2} = {v1 + v2} {fruit}."),
+                               Step("t", f"All together they picked {v1 + v2} + {v3} = {t} {fruit}.", ("s",)),
+                               Step("e", f"Each basket gets {t} / {k} = {e} {fruit}.", ("t",))])
     return question, decompositions, e
 
 
@@ -198,15 +168,11 @@ def _rates(rng, d):
     t = x + y
     if not _fits(d, t):
         return None
-    by_day = [
-        Step("x", f"On Monday {it} {verb} {r} * {h1} = {x} {things}."),
-        Step("y", f"On Tuesday {it} {verb} {r} * {h2} = {y} {things}."),
-        Step("t", f"Over the two days {it} {verb} {x} + {y} = {t} {things}.", ("x", "y")),
-    ]
-    by_hours = [
-        Step("h", f"{it.capitalize()} works for {h1} + {h2} = {hours} hours in all."),
-        Step("t", f"{it.capitalize()} {verb} {r} * {hours} = {t} {things}.", ("h",)),
-    ]
+    by_day = [Step("x", f"On Monday {it} {verb} {r} * {h1} = {x} {things}."),
+              Step("y", f"On Tuesday {it} {verb} {r} * {h2} = {y} {things}."),
+              Step("t", f"Over the two days {it} {verb} {x} + {y} = {t} {things}.", ("x", "y"))]
+    by_hours = [Step("h", f"{it.capitalize()} works for {h1} + {h2} = {hours} hours in all."),
+                Step("t", f"{it.capitalize()} {verb} {r} * {hours} = {t} {things}.", ("h",))]
     question = (f"{subject} {verb} {r} {things} every hour. On Monday {it} works for {h1} hours and on Tuesday "
                 f"{it} works for {h2} hours.")
     if rng.random() < 0.5:
@@ -215,11 +181,9 @@ def _rates(rng, d):
     if not _fits(d, t * s):
         return None
     sold = Step("m", f"The {things} sell for {t} * {s} = ${t * s}.", ("t",))
-    per_hour = [
-        Step("h", by_hours[0].line),
-        Step("p", f"Each hour {it} {verb} {r} * {s} = ${r * s} worth of {things}."),
-        Step("m", f"The two days bring in {hours} * {r * s} = ${t * s}.", ("h", "p")),
-    ]
+    per_hour = [Step("h", by_hours[0].line),
+                Step("p", f"Each hour {it} {verb} {r} * {s} = ${r * s} worth of {things}."),
+                Step("m", f"The two days bring in {hours} * {r * s} = ${t * s}.", ("h", "p"))]
     question = f"{question} Each {thing} sells for ${s}. How much money do the {things} bring in?"
     return question, [by_day + [sold], by_hours + [sold], per_hour], t * s
 
@@ -240,26 +204,20 @@ def _ages(rng, d):
         question = f"{intro} How old will {n2} be in {n} years?"
         return question, [
             [now, Step("t", f"In {n} years {n2} will be {s} + {n} = {s + n} years old.", ("s",))],
-            [
-                Step("x", f"In {n} years {n1} will be {a} + {n} = {a + n} years old."),
-                Step("t", f"{n2} will then be {a + n} {op} {gap} = {s + n} years old.", ("x",)),
-            ],
+            [Step("x", f"In {n} years {n1} will be {a} + {n} = {a + n} years old."),
+             Step("t", f"{n2} will then be {a + n} {op} {gap} = {s + n} years old.", ("x",))],
         ], s + n
     t = a + s + 2 * n
     question = f"{intro} What will the sum of their ages be in {n} years?"
     return question, [
-        [
-            now,
-            Step("x", f"In {n} years {n1} will be {a} + {n} = {a + n} years old."),
-            Step("y", f"In {n} years {n2} will be {s} + {n} = {s + n} years old.", ("s",)),
-            Step("t", f"The sum of their ages will be {a + n} + {s + n} = {t}.", ("x", "y")),
-        ],
-        [
-            now,
-            Step("u", f"Together they are {a} + {s} = {a + s} years old now.", ("s",)),
-            Step("g", f"Each of them gets {n} years older, so the sum grows by 2 * {n} = {2 * n} years."),
-            Step("t", f"The sum of their ages will be {a + s} + {2 * n} = {t}.", ("u", "g")),
-        ],
+        [now,
+         Step("x", f"In {n} years {n1} will be {a} + {n} = {a + n} years old."),
+         Step("y", f"In {n} years {n2} will be {s} + {n} = {s + n} years old.", ("s",)),
+         Step("t", f"The sum of their ages will be {a + n} + {s + n} = {t}.", ("x", "y"))],
+        [now,
+         Step("u", f"Together they are {a} + {s} = {a + s} years old now.", ("s",)),
+         Step("g", f"Each of them gets {n} years older, so the sum grows by 2 * {n} = {2 * n} years."),
+         Step("t", f"The sum of their ages will be {a + s} + {2 * n} = {t}.", ("u", "g"))],
     ], t
 
 
@@ -288,12 +246,10 @@ def _savings(rng, d):
     for (first, cost1), (second, cost2) in (((buy1, x), (buy2, y)), ((buy2, y), (buy1, x))):
         decompositions.append(steps + [
             Step("r", f"After buying the {first}, {he} has {have} - {cost1} = ${have - cost1}.", (funds,)),
-            Step("left", f"After buying the {second}, {he} has {have - cost1} - {cost2} = ${left} left.", ("r",)),
-        ])
-    decompositions.append(steps + [
-        Step("c", f"{he.capitalize()} spends {x} + {y} = ${x + y}."),
-        Step("left", f"{he.capitalize()} has {have} - {x + y} = ${left} left.", (funds, "c")),
-    ])
+            Step("left", f"After buying the {second}, {he} has {have - cost1} - {cost2} = ${left} left.", ("r",))])
+    decompositions.append(steps + [Step("c", f"{he.capitalize()} spends {x} + {y} = ${x + y}."),
+                                   Step("left", f"{he.capitalize()} has {have} - {x + y} = ${left} left.",
+                                        (funds, "c"))])
     return question, decompositions, left
 
 
@@ -318,12 +274,10 @@ def _inventory(rng, d):
                  f"How many {stock} does the shop have now?")
     after_sale = Step("left", f"After the sale it has {t} - {a} = {t - a} {stock}.", ("t",))
     return question, [
-        [
-            count_x,
-            Step("r", f"After the sale it has {x} - {a} = {x - a} {stock}.", ("x",)),
-            count_y,
-            Step("left", f"Now it has {x - a} + {y} = {t - a} {stock}.", ("r", "y")),
-        ],
+        [count_x,
+         Step("r", f"After the sale it has {x} - {a} = {x - a} {stock}.", ("x",)),
+         count_y,
+         Step("left", f"Now it has {x - a} + {y} = {t - a} {stock}.", ("r", "y"))],
         [count_x, count_y, Step("t", f"The boxes hold {x} + {y} = {t} {stock} in all.", ("x", "y")), after_sale],
         by_box + [after_sale],
     ], t - a
@@ -342,17 +296,14 @@ def _transfer(rng, d):
     question = (f"The first {place} has {a} {things} and the second {place} has {b} {things}. {name} moves {m} "
                 f"{things} from the first {place} to the second. How many more {things} are in the second {place} "
                 f"than in the first now?")
-    decompositions = [[
-        Step("x", f"The first {place} now has {a} - {m} = {a - m} {things}."),
-        Step("y", f"The second {place} now has {b} + {m} = {b + m} {things}."),
-        Step("g", f"The second {place} has {b + m} - {a - m} = {gap} more {things}.", ("x", "y")),
-    ]]
+    decompositions = [[Step("x", f"The first {place} now has {a} - {m} = {a - m} {things}."),
+                       Step("y", f"The second {place} now has {b} + {m} = {b + m} {things}."),
+                       Step("g", f"The second {place} has {b + m} - {a - m} = {gap} more {things}.", ("x", "y"))]]
     if b > a:
-        decompositions.append([
-            Step("o", f"At first the second {place} had {b} - {a} = {b - a} more {things}."),
-            Step("m", f"Moving {m} {things} changes the difference by 2 * {m} = {2 * m}."),
-            Step("g", f"Now the second {place} has {b - a} + {2 * m} = {gap} more {things}.", ("o", "m")),
-        ])
+        decompositions.append([Step("o", f"At first the second {place} had {b} - {a} = {b - a} more {things}."),
+                               Step("m", f"Moving {m} {things} changes the difference by 2 * {m} = {2 * m}."),
+                               Step("g", f"Now the second {place} has {b - a} + {2 * m} = {gap} more {things}.",
+                                    ("o", "m"))])
     return question, decompositions, gap
 
 

@@ -1,21 +1,22 @@
 """Tests for data/synth.py (the built-in task) and data/dataset.py (prompt, loading, task splits)."""
 
-import io
 import json
 import random
 import re
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
 
-from data import dataset, synth
+from data import synth
 from data.answers import extract_answer
-from data.dataset import UserError, download_gsm8k, format_prompt, load_jsonl, load_task
+from data.dataset import UserError, format_prompt, load_jsonl, load_task, task_from_config
 from data.synth import Difficulty, make_problem, make_split, make_splits
 
-GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+# ../shared/data beside the repository (or beside the worktree folder that holds it), when present
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents if (p / "shared" / "data").is_dir()),
+              Path("/nonexistent"))
+GSM8K_DIR = SHARED / "gsm8k"
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = \$?(\d+)\b")
 
 
@@ -159,9 +160,11 @@ GOOD = json.dumps({"question": "q?", "answer": "1 + 1 = 2\n#### 2"})
     (GOOD + "\n" + json.dumps({"question": "q?", "answer": "the answer is 2"}) + "\n", 2, "#### N"),
     (json.dumps({"question": "q?", "answer": "#### two"}) + "\n", 1, "#### N"),
     (json.dumps(["q?", "#### 2"]) + "\n", 1, "JSON object"),
+    (GOOD + "\n\n" + GOOD[:-2] + "\xff\"}\n", 3, "not UTF-8"),
 ])
 def test_load_jsonl_names_file_and_line(tmp_path, content, line, fragment):
-    path = _write(tmp_path, "broken.jsonl", content)
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(content.encode("utf-8").replace("\xff".encode("utf-8"), b"\xff"))  # a byte that is not UTF-8
     with pytest.raises(UserError) as error:
         load_jsonl(path)
     message = str(error.value)
@@ -171,7 +174,7 @@ def test_load_jsonl_names_file_and_line(tmp_path, content, line, fragment):
 def test_load_jsonl_empty_and_missing(tmp_path):
     with pytest.raises(UserError, match="empty.jsonl.*empty"):
         load_jsonl(_write(tmp_path, "empty.jsonl", "\n\n"))
-    with pytest.raises(UserError, match="absent.jsonl.*not found"):
+    with pytest.raises(UserError, match="absent.jsonl: cannot read .no such file"):
         load_jsonl(tmp_path / "absent.jsonl")
 
 
@@ -189,42 +192,19 @@ def test_real_gsm8k_loads_unchanged():
         assert records == [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _fake_urlopen(payloads):
-    def urlopen(url, timeout):
-        assert timeout == 10
-        split = "train" if url.endswith("train.jsonl") else "test"
-        if isinstance(payloads[split], Exception):
-            raise payloads[split]
-        return io.BytesIO(payloads[split].encode())
-    return urlopen
-
-
-def test_download_gsm8k_writes_both_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", _fake_urlopen({"train": GOOD + "\n", "test": GOOD}))
-    download_gsm8k(tmp_path / "gsm8k")
-    assert sorted(p.name for p in (tmp_path / "gsm8k").iterdir()) == ["test.jsonl", "train.jsonl"]
-    assert load_jsonl(tmp_path / "gsm8k" / "test.jsonl")[0]["question"] == "q?"
-
-
-def test_download_gsm8k_offline_and_bad_payload(tmp_path, monkeypatch):
-    offline = urllib.error.URLError("no route to host")
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", _fake_urlopen({"train": offline, "test": offline}))
-    with pytest.raises(UserError, match="failed.*by hand"):
-        download_gsm8k(tmp_path / "a")
-    monkeypatch.setattr(dataset.urllib.request, "urlopen", _fake_urlopen({"train": "<html>", "test": GOOD}))
-    with pytest.raises(UserError, match="malformed JSON"):
-        download_gsm8k(tmp_path / "b")
-    assert list((tmp_path / "b").iterdir()) == []  # nothing half-written is left behind
-
-
 def test_load_task_synth_and_errors(tmp_path):
     splits = load_task("synth", seed=5, n_train=100, n_val=10, n_test=20)
     assert [len(splits[k]) for k in ("train", "val", "test")] == [100, 10, 20]
     assert splits == load_task("synth", seed=5, n_train=100, n_val=10, n_test=20)
-    with pytest.raises(UserError, match="synth, gsm8k"):
+    with pytest.raises(UserError, match="unknown task 'gsm9k'; valid tasks: synth, gsm8k, aqua"):
         load_task("gsm9k")
-    with pytest.raises(UserError, match="data_dir"):
+    with pytest.raises(UserError, match="task gsm8k needs data_dir.*train.jsonl and test.jsonl"):
         load_task("gsm8k")
+    with pytest.raises(UserError, match="task aqua needs data_dir.*dev.json and test.json.*got"):
+        task_from_config({"dataset": "aqua", "data_dir": str(tmp_path / "absent")})
+    with pytest.raises(UserError, match="test.jsonl: cannot read .no such file or directory."):
+        _write(tmp_path, "train.jsonl", GOOD + "\n")
+        load_task("gsm8k", data_dir=tmp_path, n_val=0)
 
 
 def test_load_task_gsm8k_val_is_the_tail_of_train(tmp_path):
