@@ -5,13 +5,10 @@ store each candidate's sum log-prob S under the VFT model (DPO's frozen referenc
 
     python candidates.py --ckpt=out/vft             # writes out/vft/candidates.jsonl
 
-The file's first line is a header: the fingerprints (hashes) of the model and tokenizer files that made it, the
-settings and the run's task; loading it for another model or tokenizer is refused. Then one group per line:
-    {"question", "answer", "candidates": [{"ids", "text", "correct", "grade", "gold", "sum_logp", "n_tokens"}],
-     "samples_correct", "samples", "samples_cut"}
-A sample cut at max_new_tokens has no final answer, so it is a negative (right for a loop, wrong for a chain that
-was merely long: hence the warning when many are cut). Under torchrun each process samples every world_size-th
-question with its own seed, and rank 0 writes the file.
+The file holds a header line (the hashes of the model and tokenizer files that made it, the settings and the run's
+task: another model's file is refused), then one group per line (GROUP and CANDIDATE below). A sample cut at
+max_new_tokens has no final answer, so it is a negative: right for a loop, wrong for a chain that was merely
+long, hence the warning when many are cut. Under torchrun each process samples every world_size-th question.
 """
 
 import hashlib
@@ -31,10 +28,11 @@ from data.dataset import run_config, task_from_config
 from evaluate import check, check_writable, complete, model_directory
 from sequences import encode_pair, fits, score_pairs
 
+NUMBER = (int, float)
 GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int,
          "samples_cut": int}
-CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": (int, float), "gold": bool,
-             "sum_logp": (int, float), "n_tokens": int}
+CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": NUMBER, "gold": bool, "sum_logp": NUMBER,
+             "n_tokens": int}
 
 
 @dataclass
@@ -47,7 +45,6 @@ class Config:
     k: int = 8                      # samples per question [ours default]
     temperature: float = 0.8        # sampling temperature
     max_new_tokens: int = 160       # tokens per chain at most
-    add_gold: bool = True           # add the reference chain to each group as a positive [ours]
     batch_size: int = 256           # generated rows per batch
     seed: int = 0                   # sampling seed
     device: str = "auto"            # "auto", "cpu", "cuda"
@@ -71,8 +68,9 @@ def fingerprints(directory):
 
 
 @torch.no_grad()
-def build_groups(model, enc, examples, k, temperature, max_new_tokens, add_gold=True, batch_size=256, seed=0):
-    """One group per example: unique sampled chains (plus the gold one), each labelled, graded and scored."""
+def build_groups(model, enc, examples, k, temperature, max_new_tokens, batch_size=256, seed=0):
+    """One group per example: the gold chain first [ours], then the unique samples, each labelled, graded and
+    scored."""
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts, ids = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, k, temperature,
@@ -81,8 +79,7 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, add_gold=
     for i, ex in enumerate(examples):
         samples = list(zip(texts[i * k:(i + 1) * k], ids[i * k:(i + 1) * k]))
         prompt, gold_ids = encode_pair(enc, ex["question"], ex["answer"])
-        cands = [{"ids": gold_ids, "text": ex["answer"], "gold": True}] if add_gold else []
-        seen = {tuple(gold_ids)} if add_gold else set()
+        cands, seen = [{"ids": gold_ids, "text": ex["answer"], "gold": True}], {tuple(gold_ids)}
         for text, sample_ids in samples:
             if tuple(sample_ids) not in seen:  # an exact duplicate carries no extra preference information
                 seen.add(tuple(sample_ids))
@@ -109,15 +106,20 @@ def save_groups(path, groups, header):
 
 
 def problem(record, schema):
-    """What is wrong with a JSON record against {key: type}, or None: not an object, a key missing or of another
-    type, a number not finite, candidate ids that are not token ids."""
+    """What makes a JSON record unlike its schema {key: type}, or None. Numbers must be finite, a group's
+    candidates records of the CANDIDATE schema, a candidate's ids token ids."""
     if not isinstance(record, dict):
         return "not a JSON object"
     for key, kind in schema.items():
         value = record.get(key)
         if not isinstance(value, kind) or isinstance(value, float) and not math.isfinite(value):
             return f"'{key}' is missing or not a finite {getattr(kind, '__name__', 'number')}"
-    if schema is CANDIDATE and not (record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])):
+    if schema is GROUP:
+        for j, candidate in enumerate(record["candidates"]):
+            if error := problem(candidate, CANDIDATE):
+                return f"candidate {j}: {error}"
+        return None if record["candidates"] else "a group without candidates"
+    if not (record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])):
         return "'ids' is not a non-empty list of token ids"
     return None
 
@@ -133,16 +135,14 @@ def load_groups(path, model_dir):
             records.append(json.loads(line.decode("utf-8")))
         except ValueError as e:  # bytes that are not UTF-8, or text that is not JSON
             raise UserError(f"{path}:{number}: not a line of JSON in UTF-8 ({e})") from None
-    if not records or not isinstance(records[0], dict) or not isinstance(records[0].get("fingerprint"), dict):
+    header, groups = (records or [None])[0], records[1:]
+    if not isinstance(header, dict) or not isinstance(header.get("fingerprint"), dict):
         raise UserError(f"{path}:1: no fingerprint header; not a candidate file written by candidates.py")
-    header, groups = records[0], records[1:]
-    for number, group in enumerate(groups, start=2):
-        error = problem(group, GROUP) or ("" if group["candidates"] else "a group without candidates") or next(
-            (f"candidate {j}: {e}" for j, c in enumerate(group["candidates"]) if (e := problem(c, CANDIDATE))), None)
-        if error:
-            raise UserError(f"{path}:{number}: {error}")
     if not groups:
         raise UserError(f"{path}: a header and no groups")
+    for number, group in enumerate(groups, start=2):
+        if error := problem(group, GROUP):
+            raise UserError(f"{path}:{number}: {error}")
     expected = fingerprints(model_directory(model_dir))
     for part in ("model", "tokenizer"):
         if header["fingerprint"].get(part) != expected[part]:
@@ -188,7 +188,7 @@ def build(cfg):
                 f"chain) with {directory}, {compute.world_size()} process(es)", flush=True)
     with precision:
         groups = build_groups(model, enc, examples[compute.rank()::compute.world_size()], cfg.k, cfg.temperature,
-                              cfg.max_new_tokens, cfg.add_gold, cfg.batch_size, cfg.seed + 1_000_003 * compute.rank())
+                              cfg.max_new_tokens, cfg.batch_size, cfg.seed + 1_000_003 * compute.rank())
     groups = interleave(compute.gather_json(groups))
     task = {"dataset": run.get("dataset", "synth"), "data_dir": run.get("data_dir") or ""}
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(replace(cfg, **task)),
