@@ -75,26 +75,23 @@ def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0
              generator=None, label=""):
     """Generated texts and their token ids: num_samples per question, prompt-major. A batch gets at most the
     positions its longest prompt leaves in the model's context. With a label, progress every 10 seconds."""
-    per_batch = max(1, batch_size // num_samples)
-    block_size = model.config.block_size
-    texts, ids, t0, shown = [], [], time.time(), time.time()
+    per_batch, block_size = max(1, batch_size // num_samples), model.config.block_size
+    ids, t0, shown = [], time.time(), time.time()
     for start in range(0, len(questions), per_batch):
         prompts = [encode_pair(enc, q, "")[0] for q in questions[start:start + per_batch]]
-        longest = max(map(len, prompts))
-        if longest >= block_size:
-            raise UserError(f"a question of {longest} tokens leaves no room for an answer in the model's "
-                            f"block_size of {block_size} tokens")
-        out = generate(model, prompts, min(max_new_tokens, block_size - longest), num_samples=num_samples,
-                       temperature=temperature, eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
-        for row in range(out.tokens.shape[0]):
-            ids.append(out.row(row))
-            texts.append(enc.decode([t for t in ids[-1] if t != enc.eot_token], errors="replace"))
+        room = block_size - max(map(len, prompts))
+        if room <= 0:
+            raise UserError(f"a question of {block_size - room} tokens leaves no room for an answer in the "
+                            f"model's block_size of {block_size}")
+        out = generate(model, prompts, min(max_new_tokens, room), num_samples=num_samples, temperature=temperature,
+                       eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
+        ids += [out.row(row) for row in range(out.tokens.shape[0])]
         done, now = start + len(prompts), time.time()
         if label and (now - shown >= 10 or done == len(questions)):
             compute.log(f"{label}: {done}/{len(questions)} questions | elapsed {now - t0:.0f}s | "
                         f"eta {(now - t0) / done * (len(questions) - done):.0f}s", flush=True)
             shown = now
-    return texts, ids
+    return [enc.decode([t for t in row if t != enc.eot_token], errors="replace") for row in ids], ids
 
 
 @torch.no_grad()
