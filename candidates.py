@@ -11,7 +11,6 @@ max_new_tokens has no final answer, so it is a negative: right for a loop, wrong
 long, hence the warning when many are cut. Under torchrun each process samples every world_size-th question.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -21,11 +20,11 @@ from pathlib import Path
 import torch
 
 import compute
-from checkpoint import load_model_and_tokenizer
-from configurator import UserError, config_to_dict, main
+from checkpoint import fingerprints, load_model_and_tokenizer, model_directory
+from configurator import UserError, bounded, config_to_dict, main, validate
 from data.answers import grade, is_correct
 from data.dataset import run_config, task_from_config
-from evaluate import check, check_writable, complete, model_directory
+from evaluate import check_writable, complete
 from sequences import encode_pair, fits, score_pairs
 
 NUMBER = (int, float)
@@ -37,34 +36,18 @@ CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": NUMBER, "gold":
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # the VFT run, or a model directory (nanoAFT or Hugging Face)
-    out: str = ""                   # "" = <ckpt>/candidates.jsonl
-    dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
-    data_dir: str = ""              # gsm8k jsonl directory, likewise
-    n_questions: int = 2000         # training questions to sample for (the first ones of the split)
-    k: int = 8                      # samples per question [ours default]
-    temperature: float = 0.8        # sampling temperature
-    max_new_tokens: int = 160       # tokens per chain at most
-    batch_size: int = 256           # generated rows per batch
-    seed: int = 0                   # sampling seed
-    device: str = "auto"            # "auto", "cpu", "cuda"
+    ckpt: str = "out/vft"                       # the VFT run, or a model directory (nanoAFT or Hugging Face)
+    out: str = ""                               # "" = <ckpt>/candidates.jsonl
+    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    data_dir: str = ""                          # gsm8k jsonl directory, likewise
+    n_questions: int = bounded(2000, min=1)     # training questions to sample for (the first ones of the split)
+    k: int = bounded(8, min=1)                  # samples per question [ours default]
+    temperature: float = bounded(0.8, min=0.0)  # sampling temperature
+    max_new_tokens: int = bounded(160, min=1)   # tokens per chain at most
+    batch_size: int = bounded(256, min=1)       # generated rows per batch
+    seed: int = 0                               # sampling seed
+    device: str = "auto"                        # "auto", "cpu", "cuda"
     dtype: str = field(default="float32", metadata={"choices": compute.DTYPES})  # bfloat16: autocast (compute.py)
-
-
-def fingerprints(directory):
-    """Short sha256 of the weight files and of the tokenizer files: candidates belong to exactly these."""
-    directory, result = Path(directory), {}
-    for part, pattern in (("model", "model*.safetensors*"), ("tokenizer", "tokenizer*")):
-        paths = sorted(p for p in directory.glob(pattern) if p.is_file())  # shards and index; ours or HF's files
-        if not paths:
-            raise UserError(f"{directory}: no {pattern} files to fingerprint")
-        digest = hashlib.sha256()
-        for path in paths:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        result[part] = digest.hexdigest()[:16]
-    return result
 
 
 @torch.no_grad()
@@ -143,7 +126,7 @@ def load_groups(path, model_dir):
     for number, group in enumerate(groups, start=2):
         if error := problem(group, GROUP):
             raise UserError(f"{path}:{number}: {error}")
-    expected = fingerprints(model_directory(model_dir))
+    expected = fingerprints(model_dir)
     for part in ("model", "tokenizer"):
         if header["fingerprint"].get(part) != expected[part]:
             raise UserError(f"{path}: made by another {part} ({header['fingerprint'].get(part)}) than the one in "
@@ -170,9 +153,8 @@ def interleave(shards):
 
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
-    check(cfg, {"n_questions": 1, "k": 1, "temperature": 0, "max_new_tokens": 1, "batch_size": 1})
+    validate(cfg)  # the command line did already; a notebook's Config(...) did not
     device = compute.init(cfg.device)
-    precision = compute.autocast(device, cfg.dtype)  # an unknown --dtype fails here
     path = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / "candidates.jsonl"
     if compute.is_main():
         check_writable(path)
@@ -186,7 +168,7 @@ def build(cfg):
     compute.log(f"candidates: k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training questions "
                 f"({len(first) - len(examples)} left out: longer than block_size {block_size} with their reference "
                 f"chain) with {directory}, {compute.world_size()} process(es)", flush=True)
-    with precision:
+    with compute.autocast(device, cfg.dtype):
         groups = build_groups(model, enc, examples[compute.rank()::compute.world_size()], cfg.k, cfg.temperature,
                               cfg.max_new_tokens, cfg.batch_size, cfg.seed + 1_000_003 * compute.rank())
     groups = interleave(compute.gather_json(groups))

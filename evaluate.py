@@ -11,7 +11,6 @@ final answer) [ours].
 """
 
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from pathlib import Path
 import torch
 
 import compute
-from checkpoint import find_checkpoint, load_model_and_tokenizer
-from configurator import UserError, main
+from checkpoint import load_model_and_tokenizer, model_directory
+from configurator import UserError, bounded, main, validate
 from data.answers import extract_answer, is_correct, is_degenerate
 from data.dataset import run_task
 from losses import mean_logprob
@@ -33,28 +32,20 @@ SPLITS = ("test", "val")
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # run, checkpoint or model directory (nanoAFT or Hugging Face), with its tokenizer
-    dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
-    data_dir: str = ""              # gsm8k jsonl directory, likewise
+    ckpt: str = "out/vft"                       # run, checkpoint or model directory (nanoAFT or Hugging Face)
+    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    data_dir: str = ""                          # gsm8k jsonl directory, likewise
     split: str = field(default="test", metadata={"choices": SPLITS})  # "val" while tuning, "test" for the table
-    n_questions: int = 1000         # questions for greedy accuracy and gold PPL
-    k: int = 8                      # samples per question for maj@k, rerank@k and test A-Acc
-    k_questions: int = 200          # questions for the sampled metrics (0 = skip them)
-    temperature: float = 0.8        # sampling temperature
-    max_new_tokens: int = 160       # generation budget per answer
-    batch_size: int = 128           # rows per generation batch
-    seed: int = 0                   # sampling seed
-    device: str = "auto"            # "auto", "cpu", "cuda"
+    n_questions: int = bounded(1000, min=1)     # questions for greedy accuracy and gold PPL
+    k: int = bounded(8, min=1)                  # samples per question for maj@k, rerank@k and test A-Acc
+    k_questions: int = bounded(200, min=0)      # questions for the sampled metrics (0 = skip them)
+    temperature: float = bounded(0.8, min=0.0)  # sampling temperature
+    max_new_tokens: int = bounded(160, min=1)   # generation budget per answer
+    batch_size: int = bounded(128, min=1)       # rows per generation batch
+    seed: int = 0                               # sampling seed
+    device: str = "auto"                        # "auto", "cpu", "cuda"
     dtype: str = field(default="float32", metadata={"choices": compute.DTYPES})  # bfloat16: autocast (compute.py)
-    out: str = ""                   # JSON output path ("" = <ckpt>/eval_<split>.json)
-
-
-def check(cfg, minimums):
-    """Refuse a numeric setting that is not finite or below its minimum ({field: minimum}) before any work."""
-    for name, minimum in minimums.items():
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= minimum):
-            raise UserError(f"--{name}={value}: must be a finite number of at least {minimum}")
+    out: str = ""                               # JSON output path ("" = <ckpt>/eval_<split>.json)
 
 
 def check_writable(path):
@@ -64,11 +55,6 @@ def check_writable(path):
         Path(f"{path}.tmp").unlink()
     except OSError as e:
         raise UserError(f"{path}: cannot write there ({e.strerror})") from None
-
-
-def model_directory(path):
-    """The directory with the model's config.json: `path` itself (any model directory) or its checkpoint."""
-    return Path(path) if (Path(path) / "config.json").is_file() else find_checkpoint(path)
 
 
 def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0.0, batch_size=128,
@@ -199,17 +185,14 @@ def format_table(rows):
 
 def run(cfg):
     """Evaluate cfg.ckpt on cfg.split; every setting and the output path are checked before the model loads."""
-    check(cfg, {"n_questions": 1, "k": 1, "k_questions": 0, "temperature": 0, "max_new_tokens": 1, "batch_size": 1})
-    if cfg.split not in SPLITS:
-        raise UserError(f"--split={cfg.split}: choose one of {', '.join(SPLITS)}")
-    device = compute.pick_device(cfg.device)
-    precision = compute.autocast(device, cfg.dtype)  # an unknown --dtype fails here
+    validate(cfg)  # the command line did already; a notebook's Config(...) did not
     out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
     check_writable(out)
+    device = compute.pick_device(cfg.device)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
-    with precision:
+    with compute.autocast(device, cfg.dtype):
         metrics = evaluate_model(model, enc, task[cfg.split], cfg)
     print(format_table({str(directory): metrics}))
     out.write_text(json.dumps(metrics, indent=1) + "\n")

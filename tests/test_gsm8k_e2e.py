@@ -17,7 +17,7 @@ import torch
 import candidates as cands
 import train_align
 import train_sft
-from checkpoint import find_checkpoint, load_model_and_tokenizer, load_tokenizer_of
+from checkpoint import find_checkpoint, fingerprints, load_model_and_tokenizer, load_tokenizer_of
 from compute import autocast
 from configurator import UserError
 from data.dataset import format_prompt, run_task
@@ -123,7 +123,7 @@ def test_hf_directory_tokenizer_and_fingerprint(setup):
     last = bytearray(shards[-1].read_bytes())
     last[-1] ^= 1  # one bit of the last tensor of the last shard
     shards[-1].write_bytes(bytes(last))
-    before, after = cands.fingerprints(root / "hf"), cands.fingerprints(copy)
+    before, after = fingerprints(root / "hf"), fingerprints(copy)
     assert before["model"] != after["model"] and before["tokenizer"] == after["tokenizer"]
 
 
@@ -212,23 +212,19 @@ def test_bfloat16_autocast_keeps_weights_gradients_and_log_probs_float32():
 # -----------------------------------------------------------------------------
 # one clear line for a bad candidate file or setting, before any work
 
-def candidate_file(tmp_path):
-    """A model directory (its files are only hashed here) and a valid candidate file made for it."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
-    (model_dir / "model.safetensors").write_bytes(b"weights")
-    (model_dir / "tokenizer.tiktoken").write_bytes(b"ranks")
+def candidate_file(tmp_path, monkeypatch):
+    """The lines of a valid candidate file for a model whose fingerprints are stubbed (only the file is on trial)."""
+    stamp = {"model": "m" * 16, "tokenizer": "t" * 16}
+    monkeypatch.setattr(cands, "fingerprints", lambda path: stamp)
     candidate = {"ids": [5, 1], "text": "#### 3", "correct": True, "grade": 1.0, "gold": True, "sum_logp": -1.5,
                  "n_tokens": 2}
     group = {"question": "How many?", "answer": "#### 3", "candidates": [candidate], "samples_correct": 0,
              "samples": 2, "samples_cut": 1}
-    header = {"fingerprint": cands.fingerprints(model_dir)}
-    return model_dir, [json.dumps(header), json.dumps(group), json.dumps(group)]
+    return tmp_path / "model", [json.dumps({"fingerprint": stamp}), json.dumps(group), json.dumps(group)]
 
 
-def test_candidate_file_is_checked_whole_with_the_line_of_its_first_bad_record(tmp_path):
-    model_dir, (header, group_line, _) = candidate_file(tmp_path)
+def test_candidate_file_is_checked_whole_with_the_line_of_its_first_bad_record(tmp_path, monkeypatch):
+    model_dir, (header, group_line, _) = candidate_file(tmp_path, monkeypatch)
     group = json.loads(group_line)
     path = tmp_path / "candidates.jsonl"
     path.write_text(f"{header}\n{group_line}\n{group_line}\n")
