@@ -110,9 +110,8 @@ def run_method(cfg, method, seed, vft_dir, cand_path, root):
         directory = find_checkpoint(vft_dir)
         enc = load_tokenizer_of(directory)  # the run's own tokenizer
         task = run_task(directory)
-        return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc,
-                                       task[cfg.eval_split], groups[:cfg.k_questions],
-                                       pick_device("auto"))
+        return train_align.vft_metrics(acfg, header["fingerprint"]["model"], enc, task[cfg.eval_split],
+                                       groups[:cfg.k_questions], pick_device("auto"))
     return train_align.train(acfg)["metrics"]["aligned"]
 
 
