@@ -178,6 +178,7 @@ def build(cfg):
     if compute.is_main():
         save_groups(path, groups, header)
     compute.barrier()  # the file exists for every rank from here on
+    compute.log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)  # the one summary line
     if header["summary"]["cut_share"] > 0.05:
         compute.log(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
                     f"--max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger budget", flush=True)
@@ -185,6 +186,5 @@ def build(cfg):
 
 
 if __name__ == "__main__":
-    _, header = main(build, Config)
-    compute.log(f"candidates: {json.dumps(header['summary'])}")  # once: train_align.py prints it when it loads
+    main(build, Config)
     compute.finish()  # under torchrun: leave together, skipping a teardown that can abort
