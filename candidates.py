@@ -1,7 +1,8 @@
 """
-Step 2 of AFT: sample k chains of thought per training question from the VFT model, drop exact duplicates,
-label each right or wrong by its final answer, grade it (docs/method.md), add the gold chain as a positive, and
-store each candidate's sum log-prob S under the VFT model (DPO's frozen reference, computed once).
+Step 2 of AFT (docs/method.md section 3): sample k chains of thought per training question from the VFT model,
+drop exact duplicates, label each right or wrong by its final answer, grade it (docs/method.md 5.2), add the gold
+chain as a positive, and store each candidate's sum log-prob S under the VFT model (DPO's frozen reference,
+computed once).
 
     python candidates.py --ckpt=out/vft             # writes out/vft/candidates.jsonl
 

@@ -1,5 +1,5 @@
 """
-The metrics of docs/method.md for a checkpoint and a split of questions:
+The metrics of docs/method.md section 8, for a checkpoint and a split of questions:
 T-Acc (greedy accuracy) [paper]; maj@k (majority vote over k samples, ties to the answer reached first) and
 rerank@k (the answer of the sample with the best s(c)) [paper]; A-Acc (the share of (right, wrong) pairs of a
 group with s_right > s_wrong, a tie counting half) [paper metric, tie rules ours]; gold PPL

@@ -6,7 +6,7 @@ followed by the end-of-text token, every token of which is scored). A tokenizer 
 (Llama-3's <|begin_of_text|>) gets it in front of the prompt, as the model saw in pretraining. `collate`
 right-pads pairs into (idx, targets, mask); `score_pairs` turns them into the paper's sum log-likelihood S(c)
 and token count |c| with the project's one float32 log-prob helper, `losses.sequence_logprobs`. Training,
-candidate scoring and evaluation all go through here (the score S, |c| of docs/method.md).
+candidate scoring and evaluation all go through here (docs/method.md section 2).
 
 A pair `fits` a model when prompt and completion together are at most block_size tokens, the bound generation
 has too; pairs that do not fit are left out where they occur, with a count printed.
