@@ -1,10 +1,12 @@
 """
 The metrics of docs/method.md section 8, for a checkpoint and a split of questions:
-T-Acc (greedy accuracy) [paper]; maj@k (majority vote over k samples, ties to the answer reached first) and
-rerank@k (the answer of the sample with the best s(c)) [paper]; A-Acc (the share of (right, wrong) pairs of a
-group with s_right > s_wrong, a tie counting half) [paper metric, tie rules ours]; gold PPL
-exp(-sum S / sum |c|) over the reference COTs and the degeneration rate (greedy outputs that loop or give no
-final answer) [ours].
+- T-Acc: greedy-decoding accuracy (final answer exact match) [paper].
+- maj@k: majority vote over k sampled answers, ties to the answer reached first [paper metric; tie rule ours].
+- rerank@k: the answer of the sample with the highest s(c) [paper].
+- A-Acc: the share of (right, wrong) pairs of a group with s_right > s_wrong, a tie counting half [paper metric;
+  tie rule ours]: over the k samples of each test question here, over the training groups in train_align.py.
+- gold PPL: exp(-sum S / sum |c|) over the reference COTs; degeneration: the share of greedy outputs that loop
+  or give no final answer [ours].
 
     python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval_test.json
     python evaluate.py --ckpt=path/to/SmolLM2-135M --dataset=gsm8k --data_dir=data/gsm8k --dtype=bfloat16
