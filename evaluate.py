@@ -1,85 +1,92 @@
 """
-The metrics of PAPER.md section 7, for a checkpoint and a split of questions.
-
+The metrics of docs/method.md section 8, for a checkpoint and a split of questions:
 - T-Acc: greedy-decoding accuracy (final answer exact match) [paper].
-- maj@k: majority vote over k sampled answers; ties go to the answer reached first [paper metric; tie rule ours].
-- rerank@k: the answer of the highest-scoring sample by s(c) (the model's own assessment put to use) [paper].
-- A-Acc: over candidate groups, the fraction of (positive, negative) pairs with s_p > s_n; a tie counts half
-  [paper metric; tie rule ours]. Here on the k samples drawn for each test question.
-- gold PPL: exp(-sum_c S(c) / sum_c |c|) over the reference COTs, token-weighted [ours].
-- degeneration rate: share of greedy outputs with a repetition loop or no final answer [ours].
+- maj@k: majority vote over k sampled answers, ties to the answer reached first [paper metric; tie rule ours].
+- rerank@k: the answer of the sample with the highest s(c) [paper].
+- A-Acc: the share of (right, wrong) pairs of a group with s_right > s_wrong, a tie counting half [paper metric;
+  tie rule ours]: over the k samples of each test question here, over the training groups in train_align.py.
+- gold PPL: exp(-sum S / sum |c|) over the reference COTs; degeneration: the share of greedy outputs that loop
+  or give no final answer [ours].
 
     python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval_test.json
     python evaluate.py --ckpt=path/to/SmolLM2-135M --dataset=gsm8k --data_dir=data/gsm8k --dtype=bfloat16
-
-Generation never runs past the model's context: a batch whose longest prompt leaves fewer than max_new_tokens
-positions generates fewer tokens (real models have thousands; only a tiny test model ever gets near).
 """
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from configurator import UserError, main
+import compute
+from checkpoint import load_model_and_tokenizer, model_directory
+from configurator import UserError, bounded, main, validate
 from data.answers import extract_answer, is_correct, is_degenerate
 from data.dataset import run_task
-from hf import load_model_and_tokenizer, model_directory
 from losses import mean_logprob
 from sample import generate
-from sequences import DTYPES, autocast, encode_pair, fits, pick_device, score_pairs
+from sequences import encode_pair, fits, score_pairs
+
+SPLITS = ("test", "val")
 
 
 @dataclass
 class Config:
-    ckpt: str = "out/vft"           # run, checkpoint or model directory (nanoAFT or Hugging Face), with its tokenizer
-    dataset: str = "synth"          # task, for a model without a train_sft.py config (else the run's own task)
-    data_dir: str = ""              # gsm8k jsonl directory, likewise
-    split: str = "test"             # "test" or "val"
-    n_questions: int = 1000         # questions for greedy accuracy and gold PPL
-    k: int = 8                      # samples per question for maj@k, rerank@k and test A-Acc
-    k_questions: int = 200          # questions for the sampled metrics (0 = skip them)
-    temperature: float = 0.8        # sampling temperature
-    max_new_tokens: int = 160       # generation budget per answer
-    batch_size: int = 128           # rows per generation batch
-    seed: int = 0                   # sampling seed
-    device: str = "auto"            # "auto", "cpu", "cuda"
-    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
-    out: str = ""                   # JSON output path ("" = <ckpt>/eval_<split>.json)
+    ckpt: str = "out/vft"                       # run, checkpoint or model directory (nanoAFT or Hugging Face)
+    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    data_dir: str = ""                          # gsm8k jsonl directory, likewise
+    split: str = field(default="test", metadata={"choices": SPLITS})  # "val" while tuning, "test" for the table
+    n_questions: int = bounded(1000, min=1)     # questions for greedy accuracy and gold PPL
+    k: int = bounded(8, min=1)                  # samples per question for maj@k, rerank@k and test A-Acc
+    k_questions: int = bounded(200, min=0)      # questions for the sampled metrics (0 = skip them)
+    temperature: float = bounded(0.8, min=0.0)  # sampling temperature
+    max_new_tokens: int = bounded(160, min=1)   # generation budget per answer
+    batch_size: int = bounded(128, min=1)       # rows per generation batch
+    seed: int = 0                               # sampling seed
+    device: str = "auto"                        # "auto", "cpu", "cuda"
+    dtype: str = field(default="float32", metadata={"choices": compute.DTYPES})  # bfloat16: autocast (compute.py)
+    out: str = ""                               # JSON output path ("" = <ckpt>/eval_<split>.json)
 
 
-def decode(enc, ids):
-    """Text of generated ids, end-of-text dropped."""
-    return enc.decode([t for t in ids if t != enc.eot_token], errors="replace")
+def check_writable(path):
+    """Create and remove the temporary file beside `path`: an unwritable output fails now, not after the work."""
+    try:
+        Path(f"{path}.tmp").write_text("")
+        Path(f"{path}.tmp").unlink()
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror})") from None
 
 
 def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0.0, batch_size=128,
-             generator=None):
+             generator=None, label=""):
     """Generated texts and their token ids: num_samples per question, prompt-major. A batch gets at most the
-    positions its longest prompt leaves in the model's context."""
-    per_batch = max(1, batch_size // num_samples)
-    block_size = model.config.block_size
-    texts, ids = [], []
+    positions its longest prompt leaves in the model's context. With a label, progress every 10 seconds."""
+    per_batch, block_size = max(1, batch_size // num_samples), model.config.block_size
+    ids, t0, shown = [], time.time(), time.time()
     for start in range(0, len(questions), per_batch):
         prompts = [encode_pair(enc, q, "")[0] for q in questions[start:start + per_batch]]
-        longest = max(map(len, prompts))
-        if longest >= block_size:
-            raise UserError(f"a question of {longest} tokens leaves no room for an answer in the model's "
-                            f"block_size of {block_size} tokens")
-        out = generate(model, prompts, min(max_new_tokens, block_size - longest), num_samples=num_samples,
-                       temperature=temperature, eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
-        for row in range(out.tokens.shape[0]):
-            ids.append(out.row(row))
-            texts.append(decode(enc, ids[-1]))
-    return texts, ids
+        room = block_size - max(map(len, prompts))
+        if room <= 0:
+            raise UserError(f"a question of {block_size - room} tokens leaves no room for an answer in the "
+                            f"model's block_size of {block_size}")
+        out = generate(model, prompts, min(max_new_tokens, room), num_samples=num_samples, temperature=temperature,
+                       eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
+        ids += [out.row(row) for row in range(out.tokens.shape[0])]
+        done, now = start + len(prompts), time.time()
+        if label and (now - shown >= 10 or done == len(questions)):
+            compute.log(f"{label}: {done}/{len(questions)} questions | elapsed {now - t0:.0f}s | "
+                        f"eta {(now - t0) / done * (len(questions) - done):.0f}s", flush=True)
+            shown = now
+    return [enc.decode([t for t in row if t != enc.eot_token], errors="replace") for row in ids], ids
 
 
 @torch.no_grad()
 def greedy_accuracy(model, enc, examples, max_new_tokens=160, batch_size=128):
     """T-Acc and degeneration rate of greedy decoding on `examples` (dicts with question, answer)."""
-    texts, _ = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, batch_size=batch_size)
+    texts, _ = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, batch_size=batch_size,
+                        label="greedy decoding")
     correct = [is_correct(text, ex["answer"]) for text, ex in zip(texts, examples)]
     return {"accuracy": sum(correct) / len(examples),
             "degeneration": sum(map(is_degenerate, texts)) / len(examples),
@@ -100,42 +107,35 @@ def assessment_accuracy(scores, labels, valid):
 
 def majority_vote(answers):
     """Most frequent non-missing answer; ties go to the one reached first; None when every answer is missing."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == best)
+    counts = Counter(a for a in answers if a is not None)  # in order of first appearance, which max keeps
+    return max(counts, key=counts.get) if counts else None
 
 
 @torch.no_grad()
 def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_size=128, seed=0):
-    """maj@k, rerank@k and A-Acc over k samples per question; each sample is scored by s(c) through
-    the shared scoring path (one batched forward per batch)."""
+    """maj@k, rerank@k and A-Acc over k samples per question, each sample scored by s(c)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    questions = [ex["question"] for ex in examples]
-    texts, ids = complete(model, enc, questions, max_new_tokens, k, temperature, batch_size, generator)
+    questions, B = [ex["question"] for ex in examples], len(examples)
+    texts, ids = complete(model, enc, questions, max_new_tokens, k, temperature, batch_size, generator,
+                          label=f"sampling {k} answers per question")
     pairs = [(encode_pair(enc, questions[i // k], "")[0], ids[i]) for i in range(len(ids))]
-    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
-    scores = mean_logprob(total, count).view(len(examples), k)  # (B, K) s(c)
-    answers = [extract_answer(t) for t in texts]
-    gold = [extract_answer(ex["answer"]) for ex in examples]
-    labels = torch.tensor([[answers[i * k + j] == gold[i] for j in range(k)] for i in range(len(examples))])
-    maj = sum(majority_vote(answers[i * k:(i + 1) * k]) == gold[i] for i in range(len(examples)))
-    best = scores.argmax(dim=1)
-    rerank = sum(bool(labels[i, best[i]]) for i in range(len(examples)))
+    scores = mean_logprob(*score_pairs(model, pairs, enc.eot_token, batch_size)).view(B, k).cpu()  # (B, K) s(c)
+    answers, gold = [extract_answer(t) for t in texts], [extract_answer(ex["answer"]) for ex in examples]
+    labels = torch.tensor([[answers[i * k + j] == gold[i] for j in range(k)] for i in range(B)])  # (B, K)
+    maj = sum(majority_vote(answers[i * k:(i + 1) * k]) == gold[i] for i in range(B))
+    rerank = labels[torch.arange(B), scores.argmax(dim=1)].sum().item()  # the best-scored sample of each question
     a_acc, n_pairs = assessment_accuracy(scores, labels.float(), torch.ones_like(labels))
-    return {f"maj@{k}": maj / len(examples), f"rerank@{k}": rerank / len(examples),
-            "a_acc": a_acc, "a_acc_pairs": n_pairs,
-            "mixed_share": float(((labels.sum(1) > 0) & (labels.sum(1) < k)).float().mean()),
-            "any_correct": float((labels.sum(1) > 0).float().mean())}
+    right = labels.sum(dim=1)  # (B,)
+    return {f"maj@{k}": maj / B, f"rerank@{k}": rerank / B, "a_acc": a_acc, "a_acc_pairs": n_pairs,
+            "mixed_share": ((right > 0) & (right < k)).float().mean().item(),
+            "any_correct": (right > 0).float().mean().item()}
 
 
 @torch.no_grad()
 def group_scores(model, enc, groups, batch_size=128):
     """s(c) of every candidate of stored groups (candidates.py) under `model`, as (B, K) tensors:
     scores, correct, gold, valid (padding False)."""
-    K = max(len(g["candidates"]) for g in groups)
-    shape = (len(groups), K)
+    shape = (len(groups), max(len(g["candidates"]) for g in groups))
     correct, gold, valid = (torch.zeros(shape, dtype=torch.bool) for _ in range(3))
     pairs = []
     for b, group in enumerate(groups):
@@ -143,25 +143,20 @@ def group_scores(model, enc, groups, batch_size=128):
         for j, c in enumerate(group["candidates"]):
             pairs.append((prompt, c["ids"]))
             correct[b, j], gold[b, j], valid[b, j] = c["correct"], c["gold"], True
-    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
     scores = torch.zeros(shape)
-    scores[valid] = mean_logprob(total, count).cpu()  # row-major order, the order pairs were listed in
+    scores[valid] = mean_logprob(*score_pairs(model, pairs, enc.eot_token, batch_size)).cpu()  # row-major: as listed
     return scores, correct, gold, valid
 
 
 def group_assessment(model, enc, groups, batch_size=128):
-    """A-Acc of `model` on stored candidate groups: over the sampled chains only, and with the gold chain
-    counted as one more positive."""
+    """A-Acc of `model` on stored candidate groups, over the sampled chains only (gold chains left out)."""
     scores, correct, gold, valid = group_scores(model, enc, groups, batch_size)
-    samples_only, _ = assessment_accuracy(scores, correct.float(), valid & ~gold)
-    with_gold, _ = assessment_accuracy(scores, correct.float(), valid)
-    return {"a_acc_train": samples_only, "a_acc_train_gold": with_gold}
+    return {"a_acc_train": assessment_accuracy(scores, correct.float(), valid & ~gold)[0]}
 
 
 @torch.no_grad()
 def gold_perplexity(model, enc, examples, batch_size=128):
-    """exp(-sum S / sum |c|) of the reference COTs (their end-of-text included); pairs longer than the model's
-    context are left out."""
+    """exp(-sum S / sum |c|) of the reference COTs (end-of-text included) that fit in the model's context."""
     pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
     pairs = [pair for pair in pairs if fits(pair, model.config.block_size)]
     total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
@@ -174,32 +169,34 @@ def evaluate_model(model, enc, examples, cfg):
     greedy = greedy_accuracy(model, enc, examples[:cfg.n_questions], cfg.max_new_tokens, cfg.batch_size)
     metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
                "gold_ppl": gold_perplexity(model, enc, examples[:cfg.n_questions], cfg.batch_size)}
-    if cfg.k_questions > 0 and cfg.k > 0:
+    if cfg.k_questions > 0:
         metrics.update(sampled_metrics(model, enc, examples[:cfg.k_questions], cfg.k, cfg.temperature,
                                        cfg.max_new_tokens, cfg.batch_size, cfg.seed))
     return metrics
 
 
 def format_table(rows):
-    """rows: {name: metrics dict} -> a markdown table with one column per model."""
-    names = list(rows)
-    keys = [k for k in rows[names[0]] if isinstance(rows[names[0]][k], (int, float)) or rows[names[0]][k] is None]
+    """rows: {name: metrics dict} -> a markdown table of the numeric metrics, one column per model."""
+    names, first = list(rows), next(iter(rows.values()))
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for key in keys:
-        cells = ["-" if rows[n].get(key) is None else f"{rows[n][key]:.4g}" for n in names]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    for key in [key for key, value in first.items() if value is None or isinstance(value, (int, float))]:
+        lines.append(f"| {key} | " + " | ".join("-" if rows[n].get(key) is None else f"{rows[n][key]:.4g}"
+                                                 for n in names) + " |")
     return "\n".join(lines)
 
 
 def run(cfg):
-    device = pick_device(cfg.device)
+    """Evaluate cfg.ckpt on cfg.split; every setting and the output path are checked before the model loads."""
+    validate(cfg)  # the command line did already; a notebook's Config(...) did not
+    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
+    check_writable(out)
+    device = compute.pick_device(cfg.device)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     task = run_task(directory, cfg.dataset, cfg.data_dir)
-    with autocast(device, cfg.dtype):
+    with compute.autocast(device, cfg.dtype):
         metrics = evaluate_model(model, enc, task[cfg.split], cfg)
     print(format_table({str(directory): metrics}))
-    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
     out.write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")
     return metrics

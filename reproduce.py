@@ -1,5 +1,5 @@
 """
-The reproduction experiment: per seed, VFT, then candidate groups, then every method of PAPER.md from the
+The reproduction experiment: per seed, VFT, then candidate groups, then every method of docs/method.md from the
 same VFT model, then a table of mean +- std over seeds.
 
     python reproduce.py                                         # every method, seeds 0 1 2
@@ -27,11 +27,10 @@ from pathlib import Path
 import candidates as cands
 import train_align
 import train_sft
-from checkpoint import find_checkpoint, has_checkpoint
+from checkpoint import find_checkpoint, has_checkpoint, load_tokenizer_of
+from compute import pick_device
 from configurator import UserError, config_to_dict, main
 from data.dataset import run_task
-from hf import load_tokenizer_of
-from sequences import pick_device
 
 METHODS = {
     "vft": None,
@@ -109,11 +108,10 @@ def run_method(cfg, method, seed, vft_dir, cand_path, root):
         train_align.check_config(acfg)
         groups, header = cands.load_groups(cand_path, vft_dir)
         directory = find_checkpoint(vft_dir)
-        enc = load_tokenizer_of(directory)  # the run's own tokenizer, ours or a Hugging Face one
+        enc = load_tokenizer_of(directory)  # the run's own tokenizer
         task = run_task(directory)
-        return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc,
-                                       task[cfg.eval_split], groups[:cfg.k_questions],
-                                       pick_device("auto"))
+        return train_align.vft_metrics(acfg, header["fingerprint"]["model"], enc, task[cfg.eval_split],
+                                       groups[:cfg.k_questions], pick_device("auto"))
     return train_align.train(acfg)["metrics"]["aligned"]
 
 

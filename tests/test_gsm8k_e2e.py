@@ -1,11 +1,13 @@
 """GSM8K end to end from a Hugging Face directory: a tiny random LLaMA-style model written with save_pretrained
 (in shards) and a byte-level BPE tokenizer.json trained here by the `tokenizers` library, with a begin-of-text
-token like Llama-3's. VFT (--init_from, bf16 autocast, stopped and resumed), candidates, alignment, evaluation
-and export run on a GSM8K slice; the checkpoints must carry the tokenizer, and the export must load with the
-same logits."""
+token like Llama-3's. Every stage opens it through checkpoint.py's loader (the door to the conversion). VFT
+(--init_from, bf16 autocast, stopped and resumed), candidates, alignment, evaluation and export run on a GSM8K
+slice; the checkpoints must carry the tokenizer, and the export must load with the same logits. Then the
+one-line errors of candidates.py and evaluate.py for bad candidate files and settings."""
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,16 +18,16 @@ import torch
 import candidates as cands
 import train_align
 import train_sft
-from checkpoint import find_checkpoint
+from checkpoint import find_checkpoint, fingerprints, load_model_and_tokenizer, load_tokenizer_of
+from compute import autocast
 from configurator import UserError
-from data.dataset import run_task
+from data.dataset import format_prompt, run_task
 from evaluate import Config as EvalConfig
 from evaluate import run as evaluate
-from hf import (ExportConfig, export, from_pretrained, load_any_model, load_tokenizer_of, save_pretrained,
-                weight_files)
-from hf_tokenizer import load_hf_tokenizer
+from hf import ExportConfig, export, save_pretrained
 from model import GPT, ModelConfig
-from sequences import autocast, encode_pair, encode_prompt, score_pairs
+from sequences import encode_pair, encode_prompt, score_pairs
+from tokenizer import TOKENIZER_FILES
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 N_TRAIN = 560  # data.dataset.load_task holds the last 500 training records out for validation
@@ -98,9 +100,9 @@ def setup(tmp_path_factory):
     records = write_gsm8k_slice(root / "data")
     reference = train_tokenizer([r["question"] + "\n" + r["answer"] for r in records], root / "hf")
     # a context in which the longest training pairs do not fit (they are left out), but every prompt does
-    enc = load_hf_tokenizer(root / "hf")
-    pairs = [encode_pair(enc, r["question"], r["answer"]) for r in records[:N_TRAIN - 500]]
-    block_size = min(320, max(len(p) + len(c) for p, c in pairs) - 1)
+    lengths = [len(reference.encode(format_prompt(r["question"])).ids)
+               + len(reference.encode(r["answer"], add_special_tokens=False).ids) + 1 for r in records[:N_TRAIN - 500]]
+    block_size = min(320, max(lengths) - 1)
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=1024, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                             tie_embeddings=False))
@@ -117,12 +119,12 @@ def test_hf_directory_tokenizer_and_fingerprint(setup):
     assert prompt[0] == enc.bos_token_id == 0 and completion[-1] == enc.eot_token == 1
     # candidates sampled straight from a sharded Hugging Face model: every shard is part of the fingerprint
     copy = Path(shutil.copytree(root / "hf", root / "hf-copy"))
-    files = weight_files(copy)
-    assert files[0].name == "model.safetensors.index.json" and len(files) > 2
-    last = bytearray(files[-1].read_bytes())
+    shards = sorted(copy.glob("model-*.safetensors"))
+    assert (copy / "model.safetensors.index.json").is_file() and len(shards) > 1
+    last = bytearray(shards[-1].read_bytes())
     last[-1] ^= 1  # one bit of the last tensor of the last shard
-    files[-1].write_bytes(bytes(last))
-    before, after = cands.fingerprints(root / "hf"), cands.fingerprints(copy)
+    shards[-1].write_bytes(bytes(last))
+    before, after = fingerprints(root / "hf"), fingerprints(copy)
     assert before["model"] != after["model"] and before["tokenizer"] == after["tokenizer"]
 
 
@@ -135,17 +137,17 @@ def test_vft_candidates_alignment_evaluation_and_export(setup, capsys):
     train_sft.train(vft)
     history = train_sft.train(replace(vft, stop_after=0, resume=True))
     printed = capsys.readouterr().out
-    block_size = from_pretrained(root / "hf").config.block_size
-    assert "training and" in printed and f"pairs longer than block_size {block_size}" in printed
+    fit, total = map(int, re.search(r"(\d+) of (\d+) training pairs fit", printed).groups())
+    assert 0 < fit < total  # the longest pairs do not fit in the context and are left out
     assert [r["step"] for r in history["train"]] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) for r in history["train"]) and 0 <= history["test"]["accuracy"] <= 1
-    checkpoint = root / "vft" / "checkpoint"
-    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in checkpoint.iterdir()}
-    assert not (checkpoint / "tokenizer.tiktoken").exists()
+    # the checkpoint carries the tokenizer it was trained with, converted into nanoAFT's own format
+    assert set(TOKENIZER_FILES) <= {p.name for p in (root / "vft" / "checkpoint").iterdir()}
 
     groups, header = cands.build(cands.Config(ckpt=str(root / "vft"), n_questions=4, k=3, temperature=1.0,
                                               max_new_tokens=8))
     assert 1 <= len(groups) <= 4 and header["summary"]["cut_share"] > 0.5  # 8 tokens rarely finish a chain
+    assert (header["config"]["dataset"], header["config"]["data_dir"]) == ("gsm8k", str(root / "data"))  # the run's
     assert all(c["n_tokens"] == len(c["ids"]) and math.isfinite(c["sum_logp"]) for g in groups for c in g["candidates"])
     align = train_align.train(train_align.Config(loss="aft_rank", vft=str(root / "vft"), batch_size=2, max_steps=2,
                                                  log_every=1, test_questions=2, k=2, k_questions=2, max_new_tokens=8,
@@ -162,12 +164,12 @@ def test_vft_candidates_alignment_evaluation_and_export(setup, capsys):
     text = "Question: A farm has 14 cows and twice as many sheep.\nAnswer:\n"
     assert encode_prompt(load_tokenizer_of(root / "align"), text) == reference.encode(text).ids
     # python hf.py --ckpt=out/align --out=DIR: a Hugging Face directory with the same logits and tokenizer
-    export(ExportConfig(ckpt=str(root / "align"), out=str(root / "exported")))
+    export(ExportConfig(ckpt=str(root / "align"), out=str(root / "exported"), source=str(root / "hf")))
     assert "nanoaft" not in (root / "exported" / "config.json").read_text()
     idx = torch.tensor([reference.encode(text).ids])
     with torch.no_grad():
-        expected, _ = load_any_model(root / "align").eval()(idx)
-        got, _ = from_pretrained(root / "exported").eval()(idx)
+        expected, _ = load_model_and_tokenizer(root / "align")[0].eval()(idx)
+        got, _ = load_model_and_tokenizer(root / "exported")[0].eval()(idx)  # converted back through the door
     assert torch.equal(got, expected)
     assert encode_prompt(load_tokenizer_of(root / "exported"), text) == reference.encode(text).ids
 
@@ -196,13 +198,71 @@ def test_bfloat16_autocast_keeps_weights_gradients_and_log_probs_float32():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=100, n_layer=1, n_head=2, n_embd=32, block_size=64))
     pairs = [([1, 2, 3], [4, 5, 6, 7]), ([8], [9, 10])]
-    exact, _ = train_sft.pair_loss(model, pairs, 0, "cpu")
+
+    def nll(model):  # the mean over pairs of -s(c), as VFT trains
+        total, count = score_pairs(model, pairs, 0)
+        return -(total / count).mean()
+
+    exact = nll(model)
     with autocast("cpu", "bfloat16"):
         logits, _ = model(torch.tensor([[1, 2, 3]]))
-        loss, _ = train_sft.pair_loss(model, pairs, 0, "cpu")
+        loss = nll(model)
     loss.backward()
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # the log-probs were upcast
     assert all(p.dtype == p.grad.dtype == torch.float32 for p in model.parameters())
     assert abs(loss.item() - exact.item()) < 0.02 * exact.item() and loss.item() != exact.item()
     with pytest.raises(UserError, match="--dtype=float16"):
         autocast("cpu", "float16")
+
+
+# -----------------------------------------------------------------------------
+# one clear line for a bad candidate file or setting, before any work
+
+def candidate_file(tmp_path, monkeypatch):
+    """The lines of a valid candidate file for a model whose fingerprints are stubbed (only the file is on trial)."""
+    stamp = {"model": "m" * 16, "tokenizer": "t" * 16}
+    monkeypatch.setattr(cands, "fingerprints", lambda path: stamp)
+    candidate = {"ids": [5, 1], "text": "#### 3", "correct": True, "grade": 1.0, "gold": True, "sum_logp": -1.5,
+                 "n_tokens": 2}
+    group = {"question": "How many?", "answer": "#### 3", "candidates": [candidate], "samples_correct": 0,
+             "samples": 2, "samples_cut": 1}
+    return tmp_path / "model", [json.dumps({"fingerprint": stamp}), json.dumps(group), json.dumps(group)]
+
+
+def test_candidate_file_is_checked_whole_with_the_line_of_its_first_bad_record(tmp_path, monkeypatch):
+    model_dir, (header, group_line, _) = candidate_file(tmp_path, monkeypatch)
+    group = json.loads(group_line)
+    path = tmp_path / "candidates.jsonl"
+    path.write_text(f"{header}\n{group_line}\n{group_line}\n")
+    assert len(cands.load_groups(path, model_dir)[0]) == 2
+    broken = [([header, group_line, group_line[:-1].encode() + b"\xff}"], ":3: not a line of JSON in UTF-8"),
+              ([header], ": a header and no groups"),
+              ([group_line], ":1: no fingerprint header"),
+              ([header, json.dumps({k: v for k, v in group.items() if k != "samples_cut"})], ":2: 'samples_cut'"),
+              ([header, json.dumps({**group, "question": 3})], ":2: 'question' is missing or not a finite str"),
+              ([header, group_line.replace("-1.5", "NaN")], ":2: candidate 0: 'sum_logp'"),
+              ([header, group_line.replace("[5, 1]", '["5"]')], ":2: candidate 0: 'ids'"),
+              ([header, json.dumps({**group, "candidates": []})], ":2: a group without candidates")]
+    for lines, message in broken:
+        path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines) + b"\n")
+        with pytest.raises(UserError) as error:
+            cands.load_groups(path, model_dir)
+        assert str(error.value).startswith(str(path)) and message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(split="train"), "--split=train"), (dict(k=0), "--k=0"), (dict(n_questions=0), "--n_questions=0"),
+    (dict(temperature=float("nan")), "--temperature=nan"), (dict(temperature=-1.0), "--temperature=-1.0"),
+    (dict(max_new_tokens=0), "--max_new_tokens=0"), (dict(batch_size=0), "--batch_size=0"),
+    (dict(dtype="float16"), "--dtype=float16"), (dict(out="/nonexistent/eval.json"), "cannot write there")])
+def test_evaluate_refuses_a_bad_setting_before_loading_anything(tmp_path, setting, message):
+    with pytest.raises(UserError, match=message):
+        evaluate(EvalConfig(ckpt=str(tmp_path / "nothing here"), **setting))
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(k=0), "--k=0"), (dict(n_questions=-1), "--n_questions=-1"), (dict(temperature=float("inf")), "--temp"),
+    (dict(max_new_tokens=0), "--max_new_tokens=0"), (dict(out="/nonexistent/c.jsonl"), "cannot write there")])
+def test_candidates_refuses_a_bad_setting_before_loading_anything(tmp_path, setting, message):
+    with pytest.raises(UserError, match=message):
+        cands.build(cands.Config(ckpt=str(tmp_path), **setting))
