@@ -203,6 +203,13 @@ def gradient_sync(model, sync):
     yield
 
 
+def clip_grad_norm(model, max_norm):
+    """Scale the gradients down to a global norm of at most max_norm; returns the norm they had, over the whole
+    model (under FSDP each rank holds a shard of the gradients: the norm is computed across them)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def micro_batches(batch, grad_accum):
     """This rank's share of one step's global batch (every world_size-th example from its rank on), as
     grad_accum equal micro-batches."""
