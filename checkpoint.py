@@ -106,7 +106,8 @@ def lock_run_dir(run_dir):
     """Claim run_dir for this process before any work: create it, check that a file can be created and removed in
     it, and hold an exclusive lock on run_dir/run.lock. The lock dies with the process (flock), so a crash never
     leaves a stale one; a second run on the same directory is refused at once, naming the holder's pid.
-    Calling it again from the process that holds the lock (a notebook training twice) is fine."""
+    Calling it again from the process that holds the lock is fine; `unlock_run_dir` releases it (a trainer calls it
+    when it returns, so a notebook that trained in run_dir does not keep other processes out of it)."""
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())
     if key in _LOCKS:
@@ -131,6 +132,13 @@ def lock_run_dir(run_dir):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _LOCKS[key] = handle
+
+
+def unlock_run_dir(run_dir):
+    """Release the lock lock_run_dir took on run_dir (nothing happens when this process holds none)."""
+    handle = _LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
 
 
 # -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 
 import compute
 from checkpoint import (load_model_and_tokenizer, load_optimizer_state, load_tokenizer_of, lock_run_dir, restore_rng,
-                        resume_or_start, save_run, seed_rng, whole_model)
+                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main, validate
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
@@ -88,8 +88,8 @@ def check_config(cfg):
     validate(cfg)
     if not cfg.out_dir or cfg.min_lr > cfg.learning_rate:
         raise UserError("--out_dir must name a directory" if not cfg.out_dir else "--min_lr is above --learning_rate")
-    for name in ("init_from", "tokenizer"):
-        if getattr(cfg, name) and not resolve(getattr(cfg, name)).exists():
+    for name in ("init_from", "tokenizer"):  # train_sft's own inputs (train_align's are checked there)
+        if getattr(cfg, name, "") and not resolve(getattr(cfg, name)).exists():
             raise UserError(f"--{name}={getattr(cfg, name)}: no such file or directory")
 
 
@@ -238,6 +238,7 @@ def train(cfg):
         compute.log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions, "
                     f"degeneration {metrics['degeneration']:.3f}", flush=True)
         save(last, full)
+    unlock_run_dir(cfg.out_dir)
     compute.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history
 
