@@ -6,14 +6,11 @@ Step 3 of AFT: continue training the VFT model on its own candidate groups with 
     python train_align.py --loss=dpo --constraint=bc --beta_dpo=0.1
     torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (compute.py)
 
-Every step takes `batch_size` questions with their candidates (gold chain + unique samples), scores all of them
-in one batched forward (s = mean log-prob of a chain, S = its sum) and minimises, per question (docs/method.md):
-    L = L_NLL + lambda * L_CA                          (aft, aft_rank) [paper]
-    L = L_NLL on gold + positives                       (rft) [paper]
-    L = RRHF / PRO / DPO, + the boundary term with bc   (rrhf, pro, dpo) [paper; bc ours]
-    L = L_NLL on the gold chain only                    (vft: the "more training" control) [ours]
-averaged over the batch's questions. --constraint = none | dc | bc (losses.py). It ends by printing the metrics
-of the VFT model and the aligned model side by side.
+Every step scores `batch_size` questions' candidates (gold chain + unique samples) in one batched forward
+(s = mean log-prob of a chain, S = its sum) and minimises the mean over questions of (docs/method.md)
+    L_NLL + lambda * L_CA (aft, aft_rank) | L_NLL on gold + positives (rft) | L_NLL on gold (vft, the control)
+    RRHF / PRO / DPO, plus the boundary term with --constraint=bc (rrhf, pro, dpo)
+It ends by printing the metrics of the VFT model and the aligned model side by side.
 """
 
 import json
@@ -27,26 +24,23 @@ import candidates as cands
 import compute
 import losses
 import train_sft
-from checkpoint import has_checkpoint, load_model_and_tokenizer, lock_run_dir, resume_or_start, save_run, seed_rng
-from checkpoint import find_checkpoint, load_tokenizer_of, unlock_run_dir, whole_model
+from checkpoint import (has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, resume_or_start,
+                        save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main
 from data.dataset import run_config, run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
-from model import load_model
 from sequences import collate, encode_pair
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
 DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc"}  # the others: none, their published form
 DEFAULT_VFT = "out/vft"  # only this VFT run (and its candidates) is built when missing; another path must exist
-TASK_FIELDS = ("dataset", "data_dir", "data_seed", "n_train", "min_chain_steps", "max_chain_steps", "max_factor",
-               "max_number")  # what says which task a train_sft.py run trained on (data.dataset.task_from_config)
 
 
 @dataclass
 class Config(train_sft.TrainConfig):
     loss: str = field(default="aft_rank", metadata={"choices": LOSSES})  # the training objective
-    constraint: str = ""            # none | dc | bc; "" = the loss's default (aft, aft_rank: bc; others: none)
+    constraint: str = field(default="", metadata={"choices": ("",) + losses.CONSTRAINTS})  # "" = aft*: bc, else none
     beta: float = bounded(losses.BETA, above=0)  # boundary margin of bc, in nats of mean log-prob (losses.BETA)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
     lam: float = bounded(1.0, min=0)  # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
@@ -76,8 +70,6 @@ def check_config(cfg):
     suffix = "" if cfg.loss in ("vft", "rft") else f"-{constraint}"
     resolved = replace(cfg, constraint=constraint, out_dir=cfg.out_dir or f"out/align-{cfg.loss}{suffix}")
     train_sft.check_config(resolved)
-    if constraint not in losses.CONSTRAINTS:
-        raise UserError(f"--constraint={constraint}: choose one of {', '.join(losses.CONSTRAINTS)}")
     if cfg.loss in ("vft", "rft") and constraint != "none":
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
     if cfg.vft != DEFAULT_VFT and not has_checkpoint(cfg.vft):
@@ -183,11 +175,11 @@ def train(cfg):
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     groups, header = ensure_prerequisites(cfg)
     enc = load_tokenizer_of(cfg.vft)
-    task = {key: value for key, value in run_config(cfg.vft).items() if key in TASK_FIELDS}
+    task = {key: value for key, value in run_config(cfg.vft).items() if key in train_sft.TASK_FIELDS}
     state = {"step": 0, "history": {"train": []}}
     resumed = resume_or_start(cfg.out_dir, cfg, "align", RESUME_MUST_MATCH, device)
     seed_rng(cfg.seed)
-    model, state = resumed or (load_model(find_checkpoint(cfg.vft), device), state)
+    model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
                 f"{compute.world_size()} process(es), steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}")
     model, trainee, optimizer = train_sft.setup(model, cfg, device, state)
@@ -199,8 +191,7 @@ def train(cfg):
         return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
     model.train()
-    start, last, full = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None
-    t0 = time.time()
+    start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
     for step in range(start, last):
         lr = train_sft.learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -231,10 +222,9 @@ def train(cfg):
             record = {"step": done, "loss": loss, **dict(zip(sorted(parts), summed)),
                       **score_stats(scores_all, valid_all.bool(), correct_all.bool()), "lr": lr}
             history["train"].append(record)
-            elapsed, shown = time.time() - t0, " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
-            compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
-                        f"{train_sft.format_seconds(elapsed)} | eta "
-                        f"{train_sft.format_seconds(elapsed / (done - start) * (last - done))}", flush=True)
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
+            compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | "
+                        f"{train_sft.progress(t0, done - start, last - done)}", flush=True)
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 

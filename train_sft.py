@@ -159,8 +159,16 @@ def format_seconds(seconds):
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
-RESUME_MUST_MATCH = ("max_steps", "batch_size", "seed", "learning_rate", "dataset", "data_dir", "n_train", "data_seed",
-                     "min_chain_steps", "max_chain_steps", "max_factor", "max_number")
+def progress(t0, done, left):
+    """'elapsed m:ss | eta m:ss' after `done` steps since t0 with `left` to go."""
+    elapsed = time.time() - t0
+    return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
+
+
+# the config fields that say which task a run trains on (data.dataset.task_from_config reads them)
+TASK_FIELDS = ("dataset", "data_dir", "n_train", "data_seed", "min_chain_steps", "max_chain_steps", "max_factor",
+               "max_number")
+RESUME_MUST_MATCH = ("max_steps", "batch_size", "seed", "learning_rate") + TASK_FIELDS
 
 
 def train(cfg):
@@ -197,8 +205,7 @@ def train(cfg):
         return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
     model.train()
-    start, last, full = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None
-    t0 = time.time()
+    start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
     for step in range(start, last):
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -216,9 +223,8 @@ def train(cfg):
         done = step + 1
         if done % cfg.log_every == 0 or done == last:
             history["train"].append({"step": done, "loss": loss, "lr": lr})
-            elapsed = time.time() - t0
-            compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | elapsed "
-                        f"{format_seconds(elapsed)} | eta {format_seconds(elapsed / (done - start) * (last - done))}")
+            compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                        f"{progress(t0, done - start, last - done)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
             model.eval()
             with torch.no_grad(), compute.autocast(device, cfg.dtype):  # every rank: FSDP forwards need them all
