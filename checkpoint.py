@@ -501,5 +501,6 @@ def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
         raise UserError(f"--resume: {find_checkpoint(run_dir)} was not written by the {kind} trainer")
     for key in must_match:
         if state["config"].get(key) != getattr(config, key):
-            raise UserError(f"--resume: --{key}={getattr(config, key)} differs from the run's {state['config'].get(key)}")
+            raise UserError(f"--resume: --{key}={getattr(config, key)} differs from the run's "
+                            f"{state['config'].get(key)}")
     return model, state

@@ -40,7 +40,7 @@ DEFAULT_VFT = "out/vft"  # only this VFT run (and its candidates) is built when 
 @dataclass
 class Config(train_sft.TrainConfig):
     loss: str = field(default="aft_rank", metadata={"choices": LOSSES})  # the training objective
-    constraint: str = field(default="", metadata={"choices": ("",) + losses.CONSTRAINTS})  # "" = aft*: bc, else none
+    constraint: str = field(default="", metadata={"choices": ("",) + losses.CONSTRAINTS})  # "": bc for aft*, else none
     beta: float = bounded(losses.BETA, above=0)  # boundary margin of bc, in nats of mean log-prob (losses.BETA)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
     lam: float = bounded(1.0, min=0)  # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
@@ -73,9 +73,9 @@ def check_config(cfg):
     if cfg.loss in ("vft", "rft") and constraint != "none":
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
     if cfg.vft != DEFAULT_VFT and not has_checkpoint(cfg.vft):
-        raise UserError(f"--vft={cfg.vft}: no VFT checkpoint there (train one: python train_sft.py --out_dir={cfg.vft})")
+        raise UserError(f"--vft={cfg.vft}: no VFT checkpoint there (python train_sft.py --out_dir={cfg.vft})")
     if cfg.candidates and not Path(cfg.candidates).is_file():
-        raise UserError(f"--candidates={cfg.candidates}: no such file (build it: python candidates.py --ckpt={cfg.vft})")
+        raise UserError(f"--candidates={cfg.candidates}: no such file (python candidates.py --ckpt={cfg.vft})")
     return resolved
 
 
@@ -96,11 +96,12 @@ def ensure_prerequisites(cfg):
 
 def group_batch(groups, enc, max_candidates, device):
     """One step's tensors over B groups of at most K candidates: (idx, targets, mask) over the real candidates only
-    (no padding rows are computed), and (B, K) tensors valid, correct, grades, gold and ref_logps (the VFT model's S)."""
-    pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g in groups for c in g["candidates"][:max_candidates]]
-    info = {name: torch.zeros(len(groups), max_candidates) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
+    (no padding rows are computed), and (B, K) tensors valid, correct, grades, gold, ref_logps (the VFT model's S)."""
+    K = max_candidates
+    pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g in groups for c in g["candidates"][:K]]
+    info = {name: torch.zeros(len(groups), K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
     for b, group in enumerate(groups):
-        for j, c in enumerate(group["candidates"][:max_candidates]):
+        for j, c in enumerate(group["candidates"][:K]):
             info["valid"][b, j], info["correct"][b, j], info["grades"][b, j] = 1, float(c["correct"]), c["grade"]
             info["gold"][b, j], info["ref_logps"][b, j] = float(c["gold"]), c["sum_logp"]
     info = {k: (v.bool() if k in ("valid", "correct", "gold") else v).to(device) for k, v in info.items()}
@@ -145,8 +146,9 @@ def score_stats(scores, valid, correct):
 def metrics_of(model, enc, test, train_groups, cfg):
     """Test metrics plus A-Acc on the (already seen) training groups."""
     with compute.autocast(next(model.parameters()).device, cfg.dtype):
-        metrics = evaluate_model(model, enc, test, EvalConfig(n_questions=cfg.test_questions,
-                                                              k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens))
+        settings = EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions,
+                              max_new_tokens=cfg.max_new_tokens)
+        metrics = evaluate_model(model, enc, test, settings)
         return {**metrics, **group_assessment(model, enc, train_groups)}
 
 
