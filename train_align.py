@@ -173,13 +173,13 @@ def train(cfg):
     cfg = check_config(cfg)
     device = compute.init(cfg.device)
     compute.check(cfg)
+    resumed = resume_or_start(cfg.out_dir, cfg, "align", RESUME_MUST_MATCH, device)  # reads only
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     groups, header = ensure_prerequisites(cfg)
     enc = load_tokenizer_of(cfg.vft)
     task = {key: value for key, value in run_config(cfg.vft).items() if key in train_sft.TASK_FIELDS}
     state = {"step": 0, "history": {"train": []}}
-    resumed = resume_or_start(cfg.out_dir, cfg, "align", RESUME_MUST_MATCH, device)
     seed_rng(cfg.seed)
     model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "

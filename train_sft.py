@@ -178,10 +178,11 @@ def train(cfg):
     device = compute.init(cfg.device)
     compute.check(cfg)
     task = task_from_config(config_to_dict(cfg))
+    resumed = resume_or_start(cfg.out_dir, cfg, "sft", RESUME_MUST_MATCH, device)  # reads only
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
-    resumed = resume_or_start(cfg.out_dir, cfg, "sft", RESUME_MUST_MATCH, device)
     seed_rng(cfg.seed)
+    state = {"step": 0, "history": {"train": [], "eval": []}}
     if resumed:
         (model, state), enc = resumed, load_tokenizer_of(cfg.out_dir)
     elif cfg.init_from:
@@ -190,7 +191,6 @@ def train(cfg):
         enc = load_tokenizer(resolve(cfg.tokenizer))
         model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                 block_size=cfg.block_size)).to(device)
-    state = resumed[1] if resumed else {"step": 0, "history": {"train": [], "eval": []}}
     pairs = {"train": encode_fitting(enc, task["train"], model.config.block_size),
              "val": encode_fitting(enc, task["val"][:cfg.eval_examples], model.config.block_size)}
     if not pairs["train"] or not pairs["val"]:
