@@ -465,6 +465,13 @@ def whole_model(model, run_dir, device):
     return load_model(find_checkpoint(run_dir), device) if isinstance(model, FSDPModule) else _unwrap(model)
 
 
+def restore_training(model, optimizer, path, state):
+    """On --resume: AdamW's state from the checkpoint at `path` (sharded under FSDP) and every RNG from `state`
+    (load_checkpoint's), so the resumed run continues exactly as an uninterrupted one."""
+    load_optimizer_state(model, optimizer, path)
+    restore_rng(state["rng"])
+
+
 def load_optimizer_state(model, optimizer, path):
     """Load the optimizer state saved at `path` (read_optimizer_state) into this run's optimizer, sharding it like
     the parameters under FSDP."""

@@ -163,6 +163,16 @@ def _sum_gradients(_, bucket):
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
+def prepare(model, cfg, device):
+    """(model, trainee) as a trainer trains them: with activation checkpointing as cfg.checkpoint_activations asks,
+    under DDP or FSDP2 (cfg.parallel) when launched by torchrun; the trainee is what the training forwards go
+    through, the model or its torch.compile'd version (cfg.compile). Generation is never compiled: its
+    ever-changing shapes would recompile at every step."""
+    model.checkpoint_activations = cfg.checkpoint_activations
+    model = wrap(model, cfg.parallel, device)
+    return model, (torch.compile(model) if cfg.compile else model)
+
+
 def wrap(model, parallel, device):
     """The model as this run trains it: unchanged in one process, else under DDP or FSDP2, with gradients summed
     across processes (every loss is already divided by the global batch size)."""

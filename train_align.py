@@ -24,8 +24,8 @@ import candidates as cands
 import compute
 import losses
 import train_sft
-from checkpoint import (has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, resume_or_start,
-                        save_run, seed_rng, unlock_run_dir, whole_model)
+from checkpoint import (has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training,
+                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main
 from data.dataset import run_config, run_task
 from evaluate import Config as EvalConfig
@@ -184,7 +184,10 @@ def train(cfg):
     model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
                 f"{compute.world_size()} process(es), steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}")
-    model, trainee, optimizer = train_sft.setup(model, cfg, device, state)
+    model, trainee = compute.prepare(model, cfg, device)  # DDP / FSDP, activation checkpointing, compile
+    optimizer = train_sft.make_optimizer(model, cfg, device)
+    if cfg.resume:
+        restore_training(model, optimizer, cfg.out_dir, state)  # AdamW's moments and every RNG
     history = state["history"]
 
     def save(step, full=None):  # every rank calls it (gathering shards is collective); rank 0 writes

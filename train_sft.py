@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import compute
-from checkpoint import (load_model_and_tokenizer, load_optimizer_state, load_tokenizer_of, lock_run_dir, restore_rng,
-                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
+from checkpoint import (load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training, resume_or_start,
+                        save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main, validate
 from data.dataset import task_from_config
 from evaluate import greedy_accuracy
@@ -118,18 +118,6 @@ def make_optimizer(model, cfg, device):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=device.startswith("cuda"))
 
 
-def setup(model, cfg, device, state):
-    """(model, trainee, optimizer): the model wrapped for the processes, what the training forwards go through (the
-    model, or compiled: generation's changing shapes would recompile), and AdamW, restored with the RNGs on --resume."""
-    model.checkpoint_activations = cfg.checkpoint_activations
-    model = compute.wrap(model, cfg.parallel, device)
-    optimizer = make_optimizer(model, cfg, device)
-    if cfg.resume:
-        load_optimizer_state(model, optimizer, cfg.out_dir)
-        restore_rng(state["rng"])
-    return model, (torch.compile(model) if cfg.compile else model), optimizer
-
-
 def apply_gradients(model, optimizer, cfg, step, loss):
     """Clip and take the optimiser step; returns the step's loss summed over processes. A non-finite loss or
     gradient norm stops the run before the step, so the last checkpoint stays the last good one."""
@@ -197,7 +185,10 @@ def train(cfg):
         raise UserError(f"no training or validation pair fits in the model's block_size {model.config.block_size}")
     compute.log(f"VFT: {num_params(model):,} parameters, {len(pairs['train']):,} of {len(task['train']):,} training "
                 f"pairs fit, {compute.world_size()} process(es) on {device}, steps {state['step']}..{cfg.max_steps}")
-    model, trainee, optimizer = setup(model, cfg, device, state)
+    model, trainee = compute.prepare(model, cfg, device)  # DDP / FSDP, activation checkpointing, compile
+    optimizer = make_optimizer(model, cfg, device)
+    if cfg.resume:
+        restore_training(model, optimizer, cfg.out_dir, state)  # AdamW's moments and every RNG
     history = state["history"]
 
     def save(step, full=None):  # every rank calls it (gathering shards is collective); rank 0 writes
