@@ -119,7 +119,8 @@ def alignment_objective(cfg, scores, logps, info):
     parts = {}
     if cfg.loss in ("vft", "rft", "aft", "aft_rank"):  # the gold chain (vft, --nll_on=gold), else gold + positives
         gold_only = cfg.loss == "vft" or (cfg.loss != "rft" and cfg.nll_on == "gold")
-        parts["nll"] = losses.nll_loss(scores, valid & (info["gold"] | (info["correct"] & (not gold_only))))
+        selected = info["gold"] if gold_only else info["gold"] | info["correct"]
+        parts["nll"] = losses.nll_loss(scores, valid & selected)
     if cfg.loss == "aft":
         parts["ca"] = cfg.lam * losses.alignment_loss(scores, info["correct"].float(), valid, cfg.constraint, cfg.beta)
     elif cfg.loss == "aft_rank":
