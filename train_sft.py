@@ -26,7 +26,7 @@ from data.dataset import task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob, nll_loss, sequence_logprobs
 from model import GPT, ModelConfig, num_params
-from sequences import collate, encode_pair, fits
+from sequences import collate, encode_pair, fits, score_pairs
 from tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parent
@@ -131,13 +131,6 @@ def apply_gradients(model, optimizer, cfg, step, loss):
     return loss
 
 
-def pair_scores(model, pairs, pad_id, device):
-    """s(c) of each pair's COT (B,): the mean log-prob of its tokens given the prompt."""
-    idx, targets, mask = collate(pairs, pad_id, device)
-    logits, _ = model(idx)  # (B, T, V)
-    return mean_logprob(*sequence_logprobs(logits, targets, mask))  # (B,)
-
-
 def encode_fitting(enc, examples, block_size):
     """(prompt, COT) token pairs of the examples that fit in the model's context; the others are left out."""
     return [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples) if fits(p, block_size)]
@@ -195,7 +188,6 @@ def train(cfg):
         run_state = {"kind": "sft", "step": step, "config": config_to_dict(cfg), "history": history}
         return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
-    model.train()
     start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
     for step in range(start, last):
         lr = learning_rate(step, cfg)
@@ -204,8 +196,10 @@ def train(cfg):
         batch = [pairs["train"][i] for i in batch_indices(step, cfg.batch_size, len(pairs["train"]), cfg.seed)]
         loss = 0.0
         for m, micro in enumerate(compute.micro_batches(batch, cfg.grad_accum)):  # the whole batch in one process
+            idx, targets, mask = collate(micro, enc.eot_token, device)  # mask: the COT's tokens, not the prompt's
             with compute.gradient_sync(model, m == cfg.grad_accum - 1), compute.autocast(device, cfg.dtype):
-                scores = pair_scores(trainee, micro, enc.eot_token, device)[:, None]  # (b, 1) s(c)
+                logits, _ = trainee(idx)  # (b, T, V)
+                scores = mean_logprob(*sequence_logprobs(logits, targets, mask))[:, None]  # (b, 1) s(c)
                 micro_loss = nll_loss(scores, torch.ones_like(scores, dtype=torch.bool)).sum() / cfg.batch_size
                 micro_loss.backward()  # gradients of micro-batches (and processes) add up to the batch mean's
             loss += micro_loss.detach()
@@ -217,13 +211,10 @@ def train(cfg):
             compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
                         f"{progress(t0, done - start, last - done)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
-            model.eval()
             with torch.no_grad(), compute.autocast(device, cfg.dtype):  # every rank: FSDP forwards need them all
-                val = -sum(pair_scores(compute.unwrap(model), pairs["val"][i:i + cfg.batch_size], enc.eot_token,
-                                       device).sum().item() for i in range(0, len(pairs["val"]), cfg.batch_size))
-            model.train()
-            history["eval"].append({"step": done, "val_loss": val / len(pairs["val"])})
-            compute.log(f"step {done:5d} | val loss {val / len(pairs['val']):.4f}", flush=True)
+                sum_logp, n_tokens = score_pairs(compute.unwrap(model), pairs["val"], enc.eot_token, cfg.batch_size)
+            history["eval"].append({"step": done, "val_loss": -mean_logprob(sum_logp, n_tokens).mean().item()})
+            compute.log(f"step {done:5d} | val loss {history['eval'][-1]['val_loss']:.4f}", flush=True)
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
