@@ -59,6 +59,7 @@ from tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer
 
 CHECKPOINT, OLD, TMP, LOCK = "checkpoint", "checkpoint.old", "checkpoint.tmp", "run.lock"
 OPTIMIZER_FILE, TRAINER_FILE, RNG_FILE = "optimizer.safetensors", "trainer.json", "rng.safetensors"
+TOKENIZER_FILE = TOKENIZER_FILES[0]  # the rank file of the tokenizer a checkpoint carries
 RESERVED = ("param_groups", "rng")  # keys of trainer.json that save_checkpoint fills in itself
 _LOCKS = {}  # run directory -> the open lock file this process holds (closed only when the process ends)
 
