@@ -153,14 +153,14 @@ def metrics_of(model, enc, test, train_groups, cfg):
         return {**metrics, **group_assessment(model, enc, train_groups)}
 
 
-def vft_metrics(cfg, fingerprint, enc, test, train_groups, device):
+def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     """Metrics of the VFT model, cached next to it (keyed by its weights and the evaluation settings)."""
     cache = Path(cfg.vft) / "eval_vft.json"
     key = {"model": fingerprint, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions,
            "groups": len(train_groups), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
     if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
         return json.loads(cache.read_text())["metrics"]
-    metrics = metrics_of(load_model_and_tokenizer(cfg.vft, device)[0], enc, test, train_groups, cfg)
+    metrics = metrics_of(load_model_and_tokenizer(vft_dir, device)[0], enc, test, train_groups, cfg)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
 
@@ -237,7 +237,7 @@ def train(cfg):
     if last == cfg.max_steps and cfg.test_questions > 0 and compute.is_main():
         plain = whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
         test, train_groups = run_task(cfg.vft)[cfg.eval_split], groups[:cfg.k_questions]
-        before = vft_metrics(cfg, header["fingerprint"]["model"], enc, test, train_groups, device)
+        before = vft_metrics(cfg.vft, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
         history["metrics"] = {"vft": before, "aligned": metrics_of(plain, enc, test, train_groups, cfg)}
         compute.log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": history["metrics"]["aligned"]}))
         save(last, full)
