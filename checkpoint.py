@@ -1,30 +1,42 @@
 """
-Saving and resuming training runs: atomic on disk, and without pickle anywhere (every file is safetensors or JSON,
-so loading a checkpoint cannot run code).
+Saving and resuming training runs, and the ONE loader every stage opens a model with. Atomic on disk, and
+without pickle anywhere (every file is safetensors or JSON, so loading a checkpoint cannot run code).
 
-A run directory holds one checkpoint:
+A run directory holds one checkpoint and a lock:
 
+    run_dir/run.lock                     held (flock) by the process training in run_dir; holds its pid
     run_dir/checkpoint/
         config.json, model.safetensors   the model, as model.save_model writes it (loadable on its own)
-        tokenizer.tiktoken               the tokenizer the model was trained with, when one is given: our rank
-          or tokenizer.json, ...         file, or the Hugging Face tokenizer files of a model started from one
+        tokenizer.tiktoken,              the tokenizer the model was trained with, as tokenizer.save_tokenizer
+          tokenizer_info.json            writes it, so the checkpoint is complete on its own
         optimizer.safetensors            every tensor of optimizer.state_dict()["state"], as "state.<param>.<name>"
         trainer.json                     the trainer's state (step, config, history, ...), the optimizer's
                                          param_groups, and the Python and numpy RNG states
         rng.safetensors                  the torch CPU RNG state and the CUDA ones when there are any
 
 Saving writes a fresh `checkpoint.tmp/`, flushes it to disk, then renames `checkpoint` to `checkpoint.old`,
-`checkpoint.tmp` to `checkpoint`, and deletes `checkpoint.old`. A crash at any moment therefore leaves a
+`checkpoint.tmp` to `checkpoint`, and deletes `checkpoint.old`. A kill at any moment therefore leaves a
 complete `checkpoint` or, between the two renames, a complete `checkpoint.old`; `find_checkpoint` looks for
-both. (One writer per run directory: a DDP run saves from rank 0 only.)
+both. A write error (a full disk) removes the temporary files and leaves the previous checkpoint as it was.
+Nothing non-finite is ever saved: a NaN weight is refused, so the last checkpoint is always a good one.
 
-    save_checkpoint(run_dir, model, optimizer, {"step": step, "config": config_to_dict(cfg)}, tokenizer_files)
+    lock_run_dir(run_dir)                # one run per directory, checked writable before any work
+    save_checkpoint(run_dir, model, optimizer, {"step": step, "config": config_to_dict(cfg)}, enc=enc)
     model, state = load_checkpoint(run_dir)
     optimizer = ...built for `model` as before...
     restore_optimizer(optimizer, run_dir)
     restore_rng(state["rng"])
+
+Loading a model anywhere else goes through `load_model_and_tokenizer(path)`: a run, checkpoint or nanoAFT model
+directory, or a Hugging Face one, which is converted once into nanoAFT's format by hf.py (the one place this
+file reaches the Hugging Face code, imported only when such a directory is met). Several processes (torchrun):
+`full_state` gathers sharded weights and optimizer state into the single-process format that is saved, and
+`load_optimizer_state` shards them again, so a run resumes on any number of processes.
 """
 
+import fcntl
+import hashlib
+import importlib
 import json
 import os
 import random
@@ -33,20 +45,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError
 from model import load_model, save_model
+from tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer
 
-CHECKPOINT, OLD, TMP = "checkpoint", "checkpoint.old", "checkpoint.tmp"
-OPTIMIZER_FILE, TRAINER_FILE, RNG_FILE, TOKENIZER_FILE = (
-    "optimizer.safetensors", "trainer.json", "rng.safetensors", "tokenizer.tiktoken")
+CHECKPOINT, OLD, TMP, LOCK = "checkpoint", "checkpoint.old", "checkpoint.tmp", "run.lock"
+OPTIMIZER_FILE, TRAINER_FILE, RNG_FILE = "optimizer.safetensors", "trainer.json", "rng.safetensors"
+TOKENIZER_FILE = TOKENIZER_FILES[0]  # the rank file of the tokenizer a checkpoint carries
 RESERVED = ("param_groups", "rng")  # keys of trainer.json that save_checkpoint fills in itself
+_LOCKS = {}  # run directory -> the open lock file this process holds (closed only when the process ends)
 
 
 # -----------------------------------------------------------------------------
 # random number generators
+
+def seed_rng(seed):
+    """Seed every RNG a trainer owns (torch, Python, numpy), so that a run repeats, and a resumed run repeats any
+    later random draw too (the states go into every checkpoint)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
 
 def capture_rng():
     """The state of every RNG a training run draws from: Python's and numpy's as JSON, torch's as uint8 tensors."""
@@ -71,6 +98,48 @@ def restore_rng(rng):
     if torch.cuda.is_available():
         for device, state in enumerate(rng["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, device)
+
+
+# -----------------------------------------------------------------------------
+# one run per directory
+
+def lock_run_dir(run_dir):
+    """Claim run_dir for this process before any work: create it, check that a file can be created and removed in
+    it, and hold an exclusive lock on run_dir/run.lock. The lock dies with the process (flock), so a crash never
+    leaves a stale one; a second run on the same directory is refused at once, naming the holder's pid.
+    Calling it again from the process that holds the lock is fine; `unlock_run_dir` releases it (a trainer calls it
+    when it returns, so a notebook that trained in run_dir does not keep other processes out of it)."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _LOCKS:
+        return
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+        handle = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot write in this directory ({e.strerror or e})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"{run_dir} is in use by another run (pid {holder}); wait for it to end or choose "
+                        f"another --out_dir") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _LOCKS[key] = handle
+
+
+def unlock_run_dir(run_dir):
+    """Release the lock lock_run_dir took on run_dir (nothing happens when this process holds none)."""
+    handle = _LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
 
 
 # -----------------------------------------------------------------------------
@@ -99,36 +168,29 @@ def _optimizer_tensors(state_dict):
     return tensors, state_dict["param_groups"]
 
 
-def _tokenizer_copies(tokenizer_files):
-    """{name in the checkpoint: file to copy} for save_checkpoint's `tokenizer_files`."""
-    if tokenizer_files is None:
-        return {}
-    if isinstance(tokenizer_files, (str, os.PathLike)):
-        return {TOKENIZER_FILE: Path(tokenizer_files)}  # our rank file, whatever the user named it
-    return {Path(path).name: Path(path) for path in tokenizer_files}
+def _first_non_finite(tensors):
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
 
 
-def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None, weights=None, optimizer_state=None):
-    """Write model, optimizer, RNG states and the trainer's JSON-safe `state` dict to run_dir/checkpoint,
-    replacing the previous checkpoint atomically. Returns the checkpoint directory.
+def save_checkpoint(run_dir, model, optimizer, state, enc=None, weights=None, optimizer_state=None):
+    """Write model, optimizer, RNG states, the tokenizer `enc` (when given) and the trainer's JSON-safe `state`
+    dict to run_dir/checkpoint, replacing the previous checkpoint atomically. Returns the checkpoint directory.
 
     weights, optimizer_state: the full state dicts to write instead of the live ones, when those are sharded
-    across processes (distributed.full_state gathers them; `model` then only supplies its config).
-
-    tokenizer_files: the tokenizer the model was trained with, copied in so that the checkpoint is complete on
-    its own (hf.load_model_and_tokenizer reads it back): one rank file, stored as tokenizer.tiktoken whatever
-    its name, or a list of files stored under their own names (hf.tokenizer_files gives that list for any
-    model directory: a checkpoint's tokenizer.tiktoken or a Hugging Face model's tokenizer.json, ...)."""
+    across processes (`full_state` gathers them; `model` then only supplies its config).
+    A weight or optimizer tensor holding NaN or inf is refused (UserError), and so is a write error: in both
+    cases the previous checkpoint stays exactly as it was."""
     run_dir = Path(run_dir)
     clash = [key for key in RESERVED if key in state]
     if clash:
         raise ValueError(f"state keys {clash} are reserved: save_checkpoint fills them in itself")
-    copies = _tokenizer_copies(tokenizer_files)
-    for source in copies.values():
-        if not source.is_file():
-            raise UserError(f"{source}: tokenizer file not found")
+    weights = model.state_dict() if weights is None else weights
     optimizer_tensors, param_groups = _optimizer_tensors(
         optimizer.state_dict() if optimizer_state is None else optimizer_state)
+    bad = _first_non_finite(weights) or _first_non_finite(optimizer_tensors)
+    if bad:
+        raise UserError(f"refusing to save a checkpoint whose '{bad}' holds NaN or inf; the last checkpoint in "
+                        f"{run_dir} is kept")
     rng = capture_rng()
     # Serialise before touching the disk, so a state that is not JSON-safe fails with nothing half-written.
     try:
@@ -139,23 +201,28 @@ def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None, weig
     rng_tensors = {"torch": rng["torch"], **{f"cuda.{i}": s for i, s in enumerate(rng["cuda"])}}
 
     tmp, final, old = run_dir / TMP, run_dir / CHECKPOINT, run_dir / OLD
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a crash in the middle of an earlier save: never a checkpoint we need
-    tmp.mkdir()
-    save_model(model, tmp, weights)
-    save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
-    save_file(rng_tensors, str(tmp / RNG_FILE))
-    (tmp / TRAINER_FILE).write_text(trainer_json + "\n")
-    for name, source in copies.items():  # before the swap below: the source may be the checkpoint it replaces
-        shutil.copyfile(source, tmp / name)
-    for path in tmp.iterdir():
-        _fsync(path)
-    _fsync(tmp)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a kill in the middle of an earlier save: never a checkpoint we need
+        tmp.mkdir()
+        save_model(model, tmp, weights)
+        save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
+        save_file(rng_tensors, str(tmp / RNG_FILE))
+        (tmp / TRAINER_FILE).write_text(trainer_json + "\n")
+        if enc is not None:
+            save_tokenizer(enc, tmp)
+        for path in tmp.iterdir():
+            _fsync(path)
+        _fsync(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{run_dir}: could not write the checkpoint ({e.strerror or e}); the previous one is "
+                        f"kept") from None
 
     if final.exists():
         if old.exists():
-            shutil.rmtree(old)  # a crash after the last save's second rename left it; `final` is complete
+            shutil.rmtree(old)  # a kill after the last save's second rename left it; `final` is complete
         os.rename(final, old)
         _fsync(run_dir)
     os.rename(tmp, final)
@@ -163,6 +230,41 @@ def save_checkpoint(run_dir, model, optimizer, state, tokenizer_files=None, weig
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+def full_state(model, optimizer):
+    """(weights, optimizer state_dict) in the single-process format, as save_checkpoint writes them.
+    Under FSDP they are gathered from the shards into rank 0's CPU memory (the other ranks get empty dicts):
+    a collective, so every rank must call it."""
+    if not isinstance(model, FSDPModule):
+        return _unwrap(model).state_dict(), optimizer.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    if not by_name:
+        return weights, by_name
+    # torch names the parameters by their module paths; the single-process format numbers them in the optimizer's order
+    names = [name for group in by_name["param_groups"] for name in group["params"]]
+    number = {name: i for i, name in enumerate(names)}
+    groups, first = [], 0
+    for group in by_name["param_groups"]:
+        groups.append({**group, "params": list(range(first, first + len(group["params"])))})
+        first += len(group["params"])
+    return weights, {"state": {number[name]: s for name, s in by_name["state"].items()}, "param_groups": groups}
+
+
+def save_run(run_dir, model, optimizer, state, enc, full=None):
+    """save_checkpoint for a model that may be spread over processes: every rank calls it (gathering the shards
+    is a collective), rank 0 writes. Returns the full (weights, optimizer state), which a later save of the same
+    weights can pass back as `full` (then only rank 0 needs to call)."""
+    full = full or full_state(model, optimizer)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(run_dir, _unwrap(model), optimizer, state, enc, weights=full[0], optimizer_state=full[1])
+    return full
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, DDP) else model
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +370,123 @@ def read_optimizer_state(optimizer, path):
                 saved_group[key] = tuple(value)
     return {"state": state, "param_groups": groups}
 
+def _is_hugging_face(directory):
+    """Whether `directory` holds a Hugging Face model: a config.json without nanoAFT's "nanoaft" key."""
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "nanoaft" not in json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config}: invalid JSON ({e})") from None
+
+
+def _conversion_cache(source):
+    """Where a Hugging Face directory is converted when the caller names no place: a directory of nanoAFT's own
+    cache ($NANOAFT_CACHE, else ~/.cache/nanoaft), never inside the user's model directory."""
+    root = Path(os.environ.get("NANOAFT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "nanoaft")
+    return root / "converted" / f"{source.name}-{hashlib.sha256(str(source).encode()).hexdigest()[:12]}"
+
+
+def _source_key(source):
+    """What a conversion depends on: the source directory and the names, sizes and times of its files."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in source.iterdir() if p.is_file())
+    return {"source": str(source), "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+
+
+def model_directory(path, convert_to=None):
+    """The nanoAFT model directory `path` designates (a run, checkpoint or model directory: find_checkpoint). A
+    Hugging Face directory is converted first, once, by hf.convert into `convert_to` (default: a cache directory,
+    _conversion_cache), which is reused while the source's files are unchanged."""
+    path = Path(path)
+    if not _is_hugging_face(path):
+        return find_checkpoint(path)
+    source = path.resolve()
+    dest = Path(convert_to) if convert_to else _conversion_cache(source)
+    stamp, key = dest / "converted_from.json", _source_key(source)
+    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        importlib.import_module("hf").convert(source, tmp)  # the door to the Hugging Face code
+        (tmp / stamp.name).write_text(json.dumps(key) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.rename(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{dest}: could not write the converted model ({e.strerror or e})") from None
+    return dest
+
+
+def load_tokenizer_of(path):
+    """The tokenizer saved with the model that `path` designates (see model_directory)."""
+    directory = model_directory(path)
+    missing = [name for name in TOKENIZER_FILES if not (directory / name).is_file()]
+    if missing:
+        raise UserError(f"{directory}: no tokenizer here (missing {', '.join(missing)})")
+    return load_tokenizer(directory)
+
+
+def load_model_and_tokenizer(path, device="cpu", convert_to=None):
+    """(model on `device`, tokenizer) of a run, checkpoint or nanoAFT model directory, or of a Hugging Face
+    directory converted first (model_directory). The one loader every stage uses."""
+    directory = model_directory(path, convert_to)
+    enc = load_tokenizer_of(directory)  # first: a directory without a tokenizer fails before gigabytes are read
+    model = load_model(directory, device)
+    if enc.n_vocab > model.config.vocab_size:
+        raise UserError(f"{directory}: the tokenizer has {enc.n_vocab} tokens but the model only "
+                        f"{model.config.vocab_size} embeddings")
+    return model, enc
+
+
+def files_fingerprint(paths):
+    """Short sha256 of the files' bytes, one file after another."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fingerprints(path):
+    """{"model", "tokenizer"}: hashes of the weights and tokenizer files of the model `path` designates, so that
+    what was computed with one model (candidate files) is refused for another."""
+    directory = model_directory(path)
+    load_tokenizer_of(directory)  # names missing tokenizer files
+    return {"model": files_fingerprint([directory / "model.safetensors"]),
+            "tokenizer": files_fingerprint([directory / name for name in TOKENIZER_FILES])}
+
+
+def whole_model(model, run_dir, device):
+    """The trained model whole in this process, for rank 0's evaluation at the end: the GPT itself, or under FSDP
+    the full model read back from the checkpoint just saved in run_dir (its shards live in the other processes)."""
+    return load_model(find_checkpoint(run_dir), device) if isinstance(model, FSDPModule) else _unwrap(model)
+
+
+def restore_training(model, optimizer, path, state):
+    """On --resume: AdamW's state from the checkpoint at `path` (sharded under FSDP) and every RNG from `state`
+    (load_checkpoint's), so the resumed run continues exactly as an uninterrupted one."""
+    load_optimizer_state(model, optimizer, path)
+    restore_rng(state["rng"])
+
+
+def load_optimizer_state(model, optimizer, path):
+    """Load the optimizer state saved at `path` (read_optimizer_state) into this run's optimizer, sharding it like
+    the parameters under FSDP."""
+    state_dict = read_optimizer_state(optimizer, path)
+    if not isinstance(model, FSDPModule):
+        optimizer.load_state_dict(state_dict)
+        return
+    name_of = {param: name for name, param in model.named_parameters()}
+    names = [name_of[param] for group in optimizer.param_groups for param in group["params"]]
+    by_name = {"state": {names[i]: s for i, s in state_dict["state"].items()},
+               "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                for group in state_dict["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
 
 def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
     """What a training script starts from, checked before anything is written to run_dir.
@@ -290,5 +509,6 @@ def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
         raise UserError(f"--resume: {find_checkpoint(run_dir)} was not written by the {kind} trainer")
     for key in must_match:
         if state["config"].get(key) != getattr(config, key):
-            raise UserError(f"--resume: --{key}={getattr(config, key)} differs from the run's {state['config'].get(key)}")
+            raise UserError(f"--resume: --{key}={getattr(config, key)} differs from the run's "
+                            f"{state['config'].get(key)}")
     return model, state

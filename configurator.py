@@ -9,15 +9,19 @@ A script describes its settings as a dataclass, one field per line with a traili
 so `python train_sft.py --lr=1e-4 --compile` overrides two fields, while a notebook calls `train(TrainConfig(lr=1e-4))`
 without any command line at all. Overrides are `--key=value`, parsed against the field's type: int, float, str,
 bool (true/false/1/0/yes/no, or `--key` alone for true) and Optional[...] of those ("none" means None).
-A field can restrict its values with `field(default=..., metadata={"choices": (...)})`.
-Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`, whose one-line
-message names the flag; `main` prints it and exits with status 2.
+A field can restrict its values: `field(default=..., metadata={"choices": (...)})`, or a range with
+`bounded(default, min=..., max=..., above=...)` (inclusive min / max, exclusive `above`). `validate(cfg)`
+checks every field of a config against its type, its choices and its range, and refuses NaN and infinity in
+every float field; the train functions call it first, so a config built in a notebook is checked like the
+command line. Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`,
+whose one-line message names the flag; `main` prints it and exits with status 2.
 """
 
 import dataclasses
 import difflib
 import inspect
 import io
+import math
 import sys
 import tokenize
 import types
@@ -117,6 +121,10 @@ def format_help(config_cls):
         text += "  (required)" if default is dataclasses.MISSING else f"  (default: {default!r})"
         if "choices" in f.metadata:
             text += f"  [{', '.join(map(str, f.metadata['choices']))}]"
+        limits = [f"{sign} {f.metadata[key]}" for key, sign in (("min", ">="), ("above", ">"), ("max", "<="))
+                  if key in f.metadata]
+        if limits:
+            text += f"  [{', '.join(limits)}]"
         if name in comments:
             text += f"  # {comments[name]}"
         lines.append(text)
@@ -156,7 +164,41 @@ def parse_args(config_cls, argv):
     missing = [name for name, (f, _) in known.items() if name not in overrides and _default(f) is dataclasses.MISSING]
     if missing:
         raise UserError(f"missing required flag(s): {', '.join('--' + name for name in missing)}")
-    return config_cls(**overrides)
+    config = config_cls(**overrides)
+    validate(config)
+    return config
+
+
+def bounded(default, min=None, max=None, above=None):
+    """A dataclass field whose value must be >= min, <= max and > above (those given): checked by `validate`."""
+    limits = {"min": min, "max": max, "above": above}
+    return dataclasses.field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+def validate(cfg):
+    """Refuse (UserError naming the flag) a config field of the wrong type, outside its choices or range, or a
+    float that is NaN or infinite. Returns nothing and changes nothing: the caller's config stays as it is."""
+    for name, (f, tp) in _settable_fields(type(cfg)).items():
+        value, (inner, optional) = getattr(cfg, name), _unwrap_optional(tp)
+        if value is None and optional:
+            continue
+        if inner in (int, float, bool, str):
+            fits = isinstance(value, inner) and not (inner is int and isinstance(value, bool))
+            if inner is float and isinstance(value, int) and not isinstance(value, bool):
+                fits = True
+            if not fits:
+                raise UserError(f"--{name}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name}={value}: must be a finite number")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(f"--{name}={value}: choose one of {', '.join(map(str, choices))}")
+        if "min" in f.metadata and value < f.metadata["min"]:
+            raise UserError(f"--{name}={value}: must be at least {f.metadata['min']}")
+        if "max" in f.metadata and value > f.metadata["max"]:
+            raise UserError(f"--{name}={value}: must be at most {f.metadata['max']}")
+        if "above" in f.metadata and value <= f.metadata["above"]:
+            raise UserError(f"--{name}={value}: must be greater than {f.metadata['above']}")
 
 
 def main(fn, config_cls, argv=None):

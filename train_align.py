@@ -4,355 +4,248 @@ Step 3 of AFT: continue training the VFT model on its own candidate groups with 
     python train_align.py --loss=aft_rank                # builds out/vft and its candidates first if missing
     python train_align.py --loss=aft --constraint=dc
     python train_align.py --loss=dpo --constraint=bc --beta_dpo=0.1
-    torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (distributed.py)
+    torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (compute.py)
 
-Every step takes `batch_size` questions with their candidates (gold chain + unique samples), scores all of
-them in one batched forward (s = mean log-prob of the chain, S = its sum) and minimises
-    L = L_NLL + lambda * L_CA                        (aft, aft_rank) [paper]
-    L = L_NLL on gold + positives                     (rft) [paper]
-    L = RRHF / PRO (each with its own L_NLL(best))    (rrhf, pro) [paper]
-    L = DPO against the frozen VFT scores             (dpo) [paper]
-    L = L_NLL on the gold chain only                  (vft: the "more training" control) [ours]
-where the preference losses take --constraint = none | dc | bc (losses.py, PAPER.md sections 4-6).
-It ends by printing the metrics of the VFT model and the aligned model side by side. The tokenizer is the VFT
-run's own (ours, or the Hugging Face one of a model started from one) and is copied into every checkpoint.
-`--dtype=bfloat16` runs the forward passes under bf16 autocast (sequences.py).
+Every step scores `batch_size` questions' candidates (gold chain + unique samples) in one batched forward
+(s = mean log-prob of a chain, S = its sum) and minimises the mean over questions of (docs/method.md)
+    L_NLL + lambda * L_CA (aft, aft_rank) | L_NLL on gold + positives (rft) | L_NLL on gold (vft, the control)
+    RRHF / PRO / DPO, plus the boundary term with --constraint=bc (rrhf, pro, dpo)
+It ends by printing the metrics of the VFT model and the aligned model side by side.
 """
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 import candidates as cands
-import distributed
+import compute
+import losses
 import train_sft
-from checkpoint import find_checkpoint, has_checkpoint, read_optimizer_state, restore_rng, resume_or_start, save_checkpoint
-from configurator import UserError, config_to_dict, main
+from checkpoint import (has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training,
+                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
+from configurator import UserError, bounded, config_to_dict, main
 from data.dataset import run_config, run_task
 from evaluate import Config as EvalConfig
 from evaluate import evaluate_model, format_table, group_assessment
-from hf import load_tokenizer_of, tokenizer_files
-from losses import (alignment_loss, dpo_loss, mean_logprob, nll_loss, pro_loss, questions_with_pair,
-                    ranking_alignment_loss, rrhf_loss, sequence_logprobs)
-from model import load_model
-from sequences import DTYPES, autocast, collate, encode_pair
+from sequences import collate, encode_pair
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
-# The fields of a train_sft.py config that say which task it is (data.dataset.task_from_config reads them).
-TASK_FIELDS = ("dataset", "data_dir", "data_seed", "n_train", "min_chain_steps", "max_chain_steps", "max_factor",
-               "max_number")
-DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc", "dpo": "none", "rrhf": "none", "pro": "none"}
+DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc"}  # the others: none, their published form
+DEFAULT_VFT = "out/vft"  # only this VFT run (and its candidates) is built when missing; another path must exist
 
 
 @dataclass
-class Config:
-    loss: str = "aft_rank"          # vft | rft | aft | aft_rank | dpo | rrhf | pro
-    constraint: str = ""            # none | dc | bc; "" = the loss's default (aft, aft_rank: bc; dpo, rrhf, pro: none)
-    beta: float = 0.05              # boundary margin of bc, in nats of mean log-prob [ours; tuned on val, README]
-    beta_dpo: float = 0.1           # DPO's inverse temperature
-    lam: float = 1.0                # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
-    nll_on: str = "positives"       # L_NLL on "positives" (gold + correct samples) or "gold" only [ours]
-    # prerequisites (built when missing)
-    vft: str = "out/vft"            # VFT run directory
-    candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl
-    n_questions: int = 1200         # training questions to sample candidates for (one pass at the defaults)
-    k: int = 8                      # samples per question
-    temperature: float = 0.8        # sampling temperature for candidates
-    # optimisation
-    batch_size: int = 8             # questions (groups) per step
-    max_steps: int = 150            # optimiser steps
-    learning_rate: float = 1e-4     # peak AdamW learning rate
-    min_lr: float = 1e-5            # cosine floor
-    warmup_steps: int = 20          # linear warm-up
-    weight_decay: float = 0.0       # AdamW decay on matrices
-    grad_clip: float = 1.0          # max gradient norm (0 = off)
-    max_candidates: int = 9         # candidates per group at most (gold first, then samples)
-    grad_accum: int = 1             # micro-batches per step in each process (batch_size = processes x grad_accum x micro)
-    # scale and speed (distributed.py)
-    parallel: str = field(default="ddp", metadata={"choices": distributed.PARALLEL})  # under torchrun: replicas or shards
-    checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, more compute
-    compile: bool = False           # torch.compile the model (~15 s to compile on a CPU for ~6%; pays off on GPUs)
-    # bookkeeping
+class Config(train_sft.TrainConfig):
+    loss: str = field(default="aft_rank", metadata={"choices": LOSSES})  # the training objective
+    constraint: str = field(default="", metadata={"choices": ("",) + losses.CONSTRAINTS})  # "": bc for aft*, else none
+    beta: float = bounded(losses.BETA, above=0)  # boundary margin of bc, in nats of mean log-prob (losses.BETA)
+    beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
+    lam: float = bounded(1.0, min=0)  # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
+    nll_on: str = field(default="positives", metadata={"choices": ("positives", "gold")})  # L_NLL's chains [ours]
+    vft: str = DEFAULT_VFT          # VFT run directory (built when missing only at the default path)
+    candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl (built when missing)
+    n_questions: int = bounded(1200, min=1)  # training questions to sample candidates for
+    k: int = bounded(8, min=1)      # samples per question
+    temperature: float = bounded(0.8, above=0)  # sampling temperature for candidates
+    max_candidates: int = bounded(9, min=2)  # candidates per group at most (gold first, then samples)
+    k_questions: int = bounded(200, min=0)  # questions for maj@k, rerank@k and test A-Acc at the end
+    eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # final metrics' split (val: tuning)
+    batch_size: int = bounded(8, min=1)  # questions (groups) per step, over all processes
+    max_steps: int = bounded(150, min=1)  # optimiser steps
+    learning_rate: float = bounded(1e-4, above=0)  # peak AdamW learning rate
+    min_lr: float = bounded(1e-5, min=0)  # cosine floor
+    warmup_steps: int = bounded(20, min=0)  # linear warm-up
+    weight_decay: float = bounded(0.0, min=0)  # AdamW decay on matrices
     out_dir: str = ""               # "" = out/align-<loss>-<constraint>
-    log_every: int = 25             # steps between progress lines
-    save_every: int = 75            # steps between checkpoints
-    test_questions: int = 1000      # greedy accuracy / gold PPL questions at the end (0 = skip evaluation)
-    k_questions: int = 200          # questions for maj@k, rerank@k and test A-Acc at the end
-    eval_split: str = "test"        # split for the final metrics: "test", or "val" while tuning
-    max_new_tokens: int = 160       # generation budget in the evaluation
-    resume: bool = False            # continue the run in out_dir
-    overwrite: bool = False         # replace an existing checkpoint in out_dir
-    stop_after: int = 0             # end this invocation after this step; --resume continues
-    seed: int = 1337                # data-order seed
-    device: str = "auto"            # "auto", "cpu", "cuda"
-    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
+    log_every: int = bounded(25, min=1)  # steps between progress lines
+    save_every: int = bounded(75, min=1)  # steps between checkpoints
 
 
 def check_config(cfg):
-    if cfg.loss not in LOSSES:
-        raise UserError(f"--loss={cfg.loss}: choose one of {', '.join(LOSSES)}")
-    if cfg.constraint == "":
-        cfg.constraint = DEFAULT_CONSTRAINT.get(cfg.loss, "none")
-    if cfg.constraint not in ("none", "dc", "bc"):
-        raise UserError(f"--constraint={cfg.constraint}: choose one of none, dc, bc")
-    if cfg.loss in ("vft", "rft") and cfg.constraint != "none":
+    """The config with its defaults resolved (constraint, out_dir), or a UserError; `cfg` itself is not changed."""
+    constraint = cfg.constraint or DEFAULT_CONSTRAINT.get(cfg.loss, "none")
+    suffix = "" if cfg.loss in ("vft", "rft") else f"-{constraint}"
+    resolved = replace(cfg, constraint=constraint, out_dir=cfg.out_dir or f"out/align-{cfg.loss}{suffix}")
+    train_sft.check_config(resolved)
+    if cfg.loss in ("vft", "rft") and constraint != "none":
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
-    if cfg.nll_on not in ("positives", "gold"):
-        raise UserError(f"--nll_on={cfg.nll_on}: choose positives or gold")
-    if cfg.eval_split not in ("test", "val"):
-        raise UserError(f"--eval_split={cfg.eval_split}: choose test or val")
-    if cfg.beta <= 0:
-        raise UserError(f"--beta must be > 0, got {cfg.beta}")
-    if not cfg.out_dir:
-        cfg.out_dir = f"out/align-{cfg.loss}" + ("" if cfg.loss in ("vft", "rft") else f"-{cfg.constraint}")
-    return cfg
+    if cfg.vft != DEFAULT_VFT and not has_checkpoint(cfg.vft):
+        raise UserError(f"--vft={cfg.vft}: no VFT checkpoint there (python train_sft.py --out_dir={cfg.vft})")
+    if cfg.candidates and not Path(cfg.candidates).is_file():
+        raise UserError(f"--candidates={cfg.candidates}: no such file (python candidates.py --ckpt={cfg.vft})")
+    return resolved
 
 
 def ensure_prerequisites(cfg):
-    """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
-    vft_dir = Path(cfg.vft)
-    if not has_checkpoint(vft_dir):
-        distributed.log(f"prerequisite: no VFT checkpoint in {vft_dir}; training one first (python train_sft.py "
-                        f"--out_dir={vft_dir})", flush=True)
-        train_sft.train(train_sft.Config(out_dir=str(vft_dir)))
-    path = Path(cfg.candidates) if cfg.candidates else vft_dir / "candidates.jsonl"
+    """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing at the
+    default paths."""
+    if not has_checkpoint(cfg.vft):
+        compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)", flush=True)
+        train_sft.train(train_sft.Config(out_dir=cfg.vft))
+    path = Path(cfg.candidates or Path(cfg.vft) / "candidates.jsonl")
     if not path.is_file():
-        distributed.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py "
-                        f"--ckpt={vft_dir})", flush=True)
-        cands.build(cands.Config(ckpt=str(vft_dir), out=str(path), n_questions=cfg.n_questions, k=cfg.k,
-                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                 device=cfg.device, dtype=cfg.dtype))
-    groups, header = cands.load_groups(path, vft_dir)
-    distributed.log(f"candidates: {path} {json.dumps(header.get('summary', {}))}", flush=True)
-    return groups, header
-
-
-def group_labels(groups, max_candidates):
-    """(B, K) tensors describing B groups of at most K candidates (gold first): valid, correct, grades, gold, and
-    the reference S of each candidate (ref_logps)."""
-    B, K = len(groups), max_candidates
-    info = {name: torch.zeros(B, K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
-    for b, group in enumerate(groups):
-        for j, c in enumerate(group["candidates"][:K]):
-            info["valid"][b, j] = 1
-            info["correct"][b, j] = float(c["correct"])
-            info["grades"][b, j] = c["grade"]
-            info["gold"][b, j] = float(c["gold"])
-            info["ref_logps"][b, j] = c["sum_logp"]
-    for name in ("valid", "correct", "gold"):
-        info[name] = info[name].bool()
-    return info
+        compute.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py)", flush=True)
+        cands.build(cands.Config(ckpt=cfg.vft, out=str(path), n_questions=cfg.n_questions, k=cfg.k,
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
+                                 dtype=cfg.dtype))
+    return cands.load_groups(path, cfg.vft)
 
 
 def group_batch(groups, enc, max_candidates, device):
-    """Tensors for one step over B groups of at most K candidates. Only real candidates become rows (no
-    padding rows are computed); `info["valid"]` (B, K) says where each row's score goes.
-    Returns (idx, targets, mask) over the rows, and the (B, K) tensors of `group_labels`."""
-    pairs = [(encode_pair(enc, group["question"], "")[0], c["ids"])
-             for group in groups for c in group["candidates"][:max_candidates]]
-    idx, targets, mask = collate(pairs, enc.eot_token, device)
-    return (idx, targets, mask), {k: v.to(device) for k, v in group_labels(groups, max_candidates).items()}
+    """One step's tensors over B groups of at most K candidates: (idx, targets, mask) over the real candidates only
+    (no padding rows are computed), and (B, K) tensors valid, correct, grades, gold, ref_logps (the VFT model's S)."""
+    K = max_candidates
+    pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g in groups for c in g["candidates"][:K]]
+    info = {name: torch.zeros(len(groups), K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
+    for b, group in enumerate(groups):
+        for j, c in enumerate(group["candidates"][:K]):
+            info["valid"][b, j], info["correct"][b, j], info["grades"][b, j] = 1, float(c["correct"]), c["grade"]
+            info["gold"][b, j], info["ref_logps"][b, j] = float(c["gold"]), c["sum_logp"]
+    info = {k: (v.bool() if k in ("valid", "correct", "gold") else v).to(device) for k, v in info.items()}
+    return collate(pairs, enc.eot_token, device), info
 
 
 def to_groups(values, valid):
-    """Row values (N,) -> (B, K) with zeros where valid is False, keeping the graph (rows are in row-major
-    order of valid, as group_batch lists them)."""
+    """Row values (N,) -> (B, K), zeros where not valid, graph kept (rows in row-major order of valid)."""
     return torch.zeros(valid.shape, dtype=values.dtype, device=values.device).masked_scatter(valid, values)
 
 
-def nll_selection(cfg, info):
-    """The candidates L_NLL is a mean over: the gold chain (vft, or --nll_on=gold), else gold + positives."""
-    if cfg.loss == "vft" or (cfg.loss != "rft" and cfg.nll_on == "gold"):
-        return info["valid"] & info["gold"]
-    return info["valid"] & (info["gold"] | info["correct"])
-
-
 def alignment_objective(cfg, scores, logps, info):
-    """The training loss of cfg.loss and its parts (for logging). scores s and logps S are (B, K)."""
-    valid, correct, grades = info["valid"], info["correct"], info["grades"]
+    """Per-question loss (B,) of cfg.loss and its parts {name: (B,)}. scores s and logps S are (B, K)."""
+    valid, grades, dc = info["valid"], info["grades"], cfg.constraint == "dc"
     parts = {}
-    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):
-        parts["nll"] = nll_loss(scores, nll_selection(cfg, info))
-    if cfg.loss in ("aft", "aft_rank"):
-        if cfg.loss == "aft":
-            ca = alignment_loss(scores, correct.float(), valid, cfg.constraint, cfg.beta)
-        else:
-            ca = ranking_alignment_loss(scores, grades, valid, cfg.constraint, cfg.beta)
-        parts["ca"] = cfg.lam * ca
+    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):  # the gold chain (vft, --nll_on=gold), else gold + positives
+        gold_only = cfg.loss == "vft" or (cfg.loss != "rft" and cfg.nll_on == "gold")
+        selected = info["gold"] if gold_only else info["gold"] | info["correct"]
+        parts["nll"] = losses.nll_loss(scores, valid & selected)
+    if cfg.loss == "aft":
+        parts["ca"] = cfg.lam * losses.alignment_loss(scores, info["correct"].float(), valid, cfg.constraint, cfg.beta)
+    elif cfg.loss == "aft_rank":
+        parts["ca"] = cfg.lam * losses.ranking_alignment_loss(scores, grades, valid, cfg.constraint, cfg.beta)
     elif cfg.loss == "rrhf":
-        parts["rrhf"] = rrhf_loss(scores, grades, valid, cfg.constraint, cfg.beta)
+        parts["rrhf"] = losses.rrhf_loss(scores, grades, valid, detach_worse=dc)
     elif cfg.loss == "pro":
-        parts["pro"] = pro_loss(scores, grades, valid, cfg.constraint, cfg.beta)
+        parts["pro"] = losses.pro_loss(scores, grades, valid, detach_worse=dc)
     elif cfg.loss == "dpo":
-        parts["dpo"] = dpo_loss(logps, info["ref_logps"], grades, valid, cfg.beta_dpo, cfg.constraint,
-                                scores=scores, beta=cfg.beta)
+        parts["dpo"] = losses.dpo_loss(logps, info["ref_logps"], grades, valid, cfg.beta_dpo, detach_worse=dc)
+    if cfg.loss in ("rrhf", "pro", "dpo") and cfg.constraint == "bc":
+        parts["bc"] = losses.boundary_loss(scores, grades, valid, cfg.beta)
     return sum(parts.values()), parts
 
 
-def part_sizes(cfg, info):
-    """How many items each part of alignment_objective is a mean over: selected candidates for L_NLL, questions
-    with an ordered pair for a preference term. A batch split into micro-batches (gradient accumulation, several
-    processes) weighs each micro-batch's part by its share of these, which recombines the whole batch's loss."""
-    sizes = {}
-    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):
-        sizes["nll"] = int(nll_selection(cfg, info).sum())
-    if cfg.loss in ("aft", "aft_rank", "rrhf", "pro", "dpo"):
-        grades = info["correct"].float() if cfg.loss == "aft" else info["grades"]
-        sizes["ca" if cfg.loss in ("aft", "aft_rank") else cfg.loss] = int(questions_with_pair(grades, info["valid"]).sum())
-    return sizes
-
-
-def score_stats(scores, info):
-    """Mean s of positives and negatives, and the mean pairwise margin s_p - s_n within groups."""
-    valid, correct = info["valid"], info["correct"]
+def score_stats(scores, valid, correct):
+    """Mean s of positives and of negatives, and the mean margin s_p - s_n over the pairs within groups."""
     pos, neg = valid & correct, valid & ~correct
-    s = scores.detach()
-    pairs = pos[:, :, None] & neg[:, None, :]  # (B, K, K)
-    margin = (s[:, :, None] - s[:, None, :])[pairs]
+    margin = (scores[:, :, None] - scores[:, None, :])[pos[:, :, None] & neg[:, None, :]]  # one per (p, n) pair
     mean = lambda x: float(x.mean()) if x.numel() else float("nan")  # noqa: E731
-    return {"s_pos": mean(s[pos]), "s_neg": mean(s[neg]), "margin": mean(margin)}
+    return {"s_pos": mean(scores[pos]), "s_neg": mean(scores[neg]), "margin": mean(margin)}
 
 
-def prepare(cfg, device, vft_dir):
-    """(model, state): the run to resume, or the VFT model for a fresh start (checkpoint.resume_or_start)."""
-    resumed = resume_or_start(cfg.out_dir, cfg, "align",
-                              ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta"), device)
-    return resumed or (load_model(vft_dir, device), {"step": 0, "history": {"train": []}})
-
-
-def vft_task(vft_dir):
-    """The task fields of the VFT run's config. They are saved in the aligned run's config too, so that
-    evaluate.py and candidates.py find the same task for the aligned model (data.dataset.run_task)."""
-    saved = run_config(vft_dir)
-    return {key: saved[key] for key in TASK_FIELDS if key in saved}
-
-
-def evaluation_config(cfg):
-    return EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens)
-
-
-def all_metrics(model, enc, test, train_groups, cfg):
+def metrics_of(model, enc, test, train_groups, cfg):
     """Test metrics plus A-Acc on the (already seen) training groups."""
-    with autocast(next(model.parameters()).device, cfg.dtype):
-        metrics = evaluate_model(model, enc, test, evaluation_config(cfg))
-        metrics.update(group_assessment(model, enc, train_groups))
-    return metrics
+    with compute.autocast(next(model.parameters()).device, cfg.dtype):
+        settings = EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions,
+                              max_new_tokens=cfg.max_new_tokens)
+        metrics = evaluate_model(model, enc, test, settings)
+        return {**metrics, **group_assessment(model, enc, train_groups)}
 
 
-def vft_metrics(vft_dir, model_fp, cfg, enc, test, train_groups, device):
+def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     """Metrics of the VFT model, cached next to it (keyed by its weights and the evaluation settings)."""
     cache = Path(cfg.vft) / "eval_vft.json"
-    key = {"model": model_fp, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions, "groups": len(train_groups),
-           "max_new_tokens": cfg.max_new_tokens}
-    if cfg.dtype != "float32":
-        key["dtype"] = cfg.dtype  # float32 keys stay as caches written before --dtype existed
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            return saved["metrics"]
-    metrics = all_metrics(load_model(vft_dir, device), enc, test, train_groups, cfg)
+    key = {"model": fingerprint, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions,
+           "groups": len(train_groups), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+    if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        return json.loads(cache.read_text())["metrics"]
+    metrics = metrics_of(load_model_and_tokenizer(vft_dir, device)[0], enc, test, train_groups, cfg)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
 
 
+RESUME_MUST_MATCH = ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta")
+
+
 def train(cfg):
-    """Align the VFT model with cfg.loss; returns the history (train records and final metrics).
-    Under torchrun every process trains its share of each batch (distributed.py); only rank 0 prints, saves and
-    evaluates."""
+    """Align the VFT model with cfg.loss; returns the history (train records and final metrics). Under torchrun
+    every process trains its share of each batch; only rank 0 prints, saves and evaluates."""
     cfg = check_config(cfg)
-    device = distributed.init(cfg.device)
-    distributed.check(cfg)
+    device = compute.init(cfg.device)
+    compute.check(cfg)
+    resumed = resume_or_start(cfg.out_dir, cfg, "align", RESUME_MUST_MATCH, device)  # reads only
+    if compute.is_main():
+        lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     groups, header = ensure_prerequisites(cfg)
-    vft_dir = find_checkpoint(cfg.vft)
-    enc, tokenizer_sources = load_tokenizer_of(vft_dir), tokenizer_files(vft_dir)
-    model, state = prepare(cfg, device, vft_dir)
-    model, trainee = train_sft.prepare_model(model, cfg, device)
+    enc = load_tokenizer_of(cfg.vft)
+    task = {key: value for key, value in run_config(cfg.vft).items() if key in train_sft.TASK_FIELDS}
+    state = {"step": 0, "history": {"train": []}}
+    seed_rng(cfg.seed)
+    model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
+    compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
+                f"{compute.world_size()} process(es), steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}")
+    model, trainee = compute.prepare(model, cfg, device)  # DDP / FSDP, activation checkpointing, compile
     optimizer = train_sft.make_optimizer(model, cfg, device)
     if cfg.resume:
-        distributed.load_optimizer_state(model, optimizer, read_optimizer_state(optimizer, cfg.out_dir))
-        restore_rng(state["rng"])
+        restore_training(model, optimizer, cfg.out_dir, state)  # AdamW's moments and every RNG
     history = state["history"]
-    distributed.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
-                    f"{distributed.world_size()} process(es) x {cfg.grad_accum} micro-batch(es), "
-                    f"steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}", flush=True)
 
-    def save(step, full=None):
-        """Checkpoint from rank 0; returns the full (weights, optimizer state) so a later save can reuse them."""
-        full = full or distributed.full_state(model, optimizer)
-        if distributed.is_main():
-            save_checkpoint(cfg.out_dir, distributed.unwrap(model), optimizer,
-                            {"kind": "align", "step": step, "config": {**config_to_dict(cfg), **vft_task(vft_dir)},
-                             "history": history, "candidates_fingerprint": header["fingerprint"]},
-                            tokenizer_files=tokenizer_sources, weights=full[0], optimizer_state=full[1])
-        return full
+    def save(step, full=None):  # every rank calls it (gathering shards is collective); rank 0 writes
+        run_state = {"kind": "align", "step": step, "config": {**config_to_dict(cfg), **task}, "history": history,
+                     "candidates_fingerprint": header["fingerprint"]}
+        return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
     model.train()
-    start_step, last = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps)
-    t0, full = time.time(), None
-    for step in range(start_step, last):
+    start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
+    for step in range(start, last):
         lr = train_sft.learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
-        totals = part_sizes(cfg, group_labels(batch, cfg.max_candidates))  # over the whole (global) batch
-        micro = distributed.micro_batches(batch, cfg.grad_accum)
-        step_parts, seen = {}, []
-        for m, chunk in enumerate(micro):
-            (idx, targets, mask), info = group_batch(chunk, enc, cfg.max_candidates, device)
-            with distributed.gradient_sync(model, m == len(micro) - 1):
-                with autocast(device, cfg.dtype):
-                    logits, _ = trainee(idx)  # (N, T, V), N real candidates
-                    total, count = sequence_logprobs(logits, targets, mask)  # (N,), (N,) float32
-                logps = to_groups(total, info["valid"])  # (b, K) S
-                scores = to_groups(mean_logprob(total, count), info["valid"])  # (b, K) s
-                _, parts = alignment_objective(cfg, scores, logps, info)
-                sizes = part_sizes(cfg, info)
-                sum(parts[name] * distributed.scale(sizes[name], totals[name]) for name in parts).backward()
-            for name, value in parts.items():  # this micro-batch's share of the whole batch's part
-                share = value.detach() * sizes[name] / max(totals[name], 1)
-                step_parts[name] = step_parts.get(name, 0) + share
-            stats = [scores.detach(), info["valid"].float(), info["correct"].float()]
-            seen.append(torch.stack(stats, dim=-1))  # (b, K, 3)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, parts, seen = 0.0, {}, []
+        for m, micro in enumerate(compute.micro_batches(batch, cfg.grad_accum)):  # the whole batch in one process
+            (idx, targets, mask), info = group_batch(micro, enc, cfg.max_candidates, device)
+            with compute.gradient_sync(model, m == cfg.grad_accum - 1), compute.autocast(device, cfg.dtype):
+                # ---- where scores become the loss ----
+                logits, _ = trainee(idx)  # (N, T, V), one row per real candidate
+                sum_logp, n_tokens = losses.sequence_logprobs(logits, targets, mask)  # (N,) S, (N,) |c|
+                logps = to_groups(sum_logp, info["valid"])  # (b, K) S
+                scores = to_groups(losses.mean_logprob(sum_logp, n_tokens), info["valid"])  # (b, K) s
+                question_loss, question_parts = alignment_objective(cfg, scores, logps, info)  # (b,) each
+                micro_loss = question_loss.sum() / cfg.batch_size  # the mean over the global batch's questions
+                micro_loss.backward()  # micro-batches and processes add up to the whole batch's gradient
+            loss += micro_loss.detach()
+            for name, value in question_parts.items():
+                parts[name] = parts.get(name, 0.0) + value.detach().sum() / cfg.batch_size
+            seen.append(torch.stack([scores.detach(), info["valid"].float(), info["correct"].float()], dim=-1))
+        loss = train_sft.apply_gradients(model, optimizer, cfg, step, loss)
 
         done = step + 1
         if done % cfg.log_every == 0 or done == last:  # every rank: the sums below are collectives
-            names = sorted(step_parts)
-            sums = distributed.sum_across(torch.stack([step_parts[name].float() for name in names]))
-            parts_all = dict(zip(names, sums.tolist()))
-            scores_all, valid_all, correct_all = distributed.gather_rows(torch.cat(seen)).unbind(dim=-1)  # (B, K) each
-            elapsed = time.time() - t0
-            eta = elapsed / (done - start_step) * (last - done)
-            record = {"step": done, "loss": sum(parts_all.values()), **parts_all,
-                      **score_stats(scores_all, {"valid": valid_all.bool(), "correct": correct_all.bool()}), "lr": lr}
+            summed = compute.sum_across(torch.stack([parts[name].float().cpu() for name in sorted(parts)])).tolist()
+            scores_all, valid_all, correct_all = compute.gather_rows(torch.cat(seen)).unbind(dim=-1)  # (B, K) each
+            record = {"step": done, "loss": loss, **dict(zip(sorted(parts), summed)),
+                      **score_stats(scores_all, valid_all.bool(), correct_all.bool()), "lr": lr}
             history["train"].append(record)
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
-            distributed.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | elapsed "
-                            f"{train_sft.format_seconds(elapsed)} | eta {train_sft.format_seconds(eta)}", flush=True)
+            compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | "
+                        f"{train_sft.progress(t0, done - start, last - done)}", flush=True)
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
-    if last == cfg.max_steps and cfg.test_questions > 0:
-        full = full or distributed.full_state(model, optimizer)  # a collective: before rank 0 goes on alone
-    if last == cfg.max_steps and cfg.test_questions > 0 and distributed.is_main():
-        plain = distributed.whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
-        task = run_task(vft_dir)
-        test, train_groups = task[cfg.eval_split], groups[:cfg.k_questions]
-        aligned = all_metrics(plain, enc, test, train_groups, cfg)
-        before = vft_metrics(vft_dir, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
-        history["metrics"] = {"vft": before, "aligned": aligned}
-        distributed.log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": aligned}), flush=True)
+    if last == cfg.max_steps and cfg.test_questions > 0 and compute.is_main():
+        plain = whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
+        test, train_groups = run_task(cfg.vft)[cfg.eval_split], groups[:cfg.k_questions]
+        before = vft_metrics(cfg.vft, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
+        history["metrics"] = {"vft": before, "aligned": metrics_of(plain, enc, test, train_groups, cfg)}
+        compute.log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": history["metrics"]["aligned"]}))
         save(last, full)
-    distributed.barrier()  # the ranks leave together: none tears the process group down under another's feet
+    unlock_run_dir(cfg.out_dir)
+    compute.barrier()  # the ranks leave together: none tears the process group down under another's feet
     return history
 
 
 if __name__ == "__main__":
     main(train, Config)
-    distributed.finish()  # under torchrun: leave together, skipping a teardown that can abort
+    compute.finish()  # under torchrun: leave together, skipping a teardown that can abort

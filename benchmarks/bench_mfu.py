@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import synchronize  # noqa: E402
 from configurator import main  # noqa: E402
 from model import GPT, ModelConfig, num_params  # noqa: E402
-from sequences import DTYPES, autocast, pick_device  # noqa: E402
+from compute import DTYPES, autocast, pick_device  # noqa: E402
 from train_sft import Config as SFTConfig  # noqa: E402
 from train_sft import make_optimizer  # noqa: E402
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configurator import UserError, main  # noqa: E402
 from hf import save_pretrained  # noqa: E402
 from model import GPT, ModelConfig, num_params  # noqa: E402
-from sequences import DTYPES, autocast, pick_device  # noqa: E402
+from compute import DTYPES, autocast, pick_device  # noqa: E402
 from train_sft import Config as SFTConfig  # noqa: E402
 from train_sft import make_optimizer  # noqa: E402
 
@@ -43,7 +43,7 @@ class Config:
     steps: int = 5                  # steps per timed run
     repeats: int = 3                # timed runs of each model, alternating; the best is reported
     device: str = "auto"            # "auto", "cpu", "cuda"
-    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (sequences.py)
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})  # bfloat16: autocast (compute.py)
     threads: int = 0                # torch threads (0 = torch's default)
     seed: int = 0                   # weights and tokens
 

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_align  # noqa: E402
+from compute import pick_device  # noqa: E402
 from configurator import main, parse_args  # noqa: E402
-from sequences import pick_device  # noqa: E402
 
 
 @dataclass

@@ -101,3 +101,41 @@ def test_tiny_alignment_run(vft_run, loss, constraint):
         train(replace(cfg))
     with pytest.raises(UserError, match="not written by the sft trainer"):
         train_sft(tiny_config(vft_run, out_dir=cfg.out_dir, resume=True))
+
+
+def test_check_config_returns_a_new_config_and_leaves_the_given_one_alone():
+    import losses
+    cfg = Config(loss="pro", constraint="bc")
+    checked = check_config(cfg)
+    assert checked.out_dir == "out/align-pro-bc" and cfg.out_dir == "" and cfg.constraint == "bc"
+    assert Config().beta == losses.BETA
+    for bad, message in [(dict(beta=float("nan")), "--beta=nan: must be a finite number"),
+                         (dict(lam=float("inf")), "--lam=inf"), (dict(k=0), "--k=0: must be at least 1"),
+                         (dict(batch_size=0), "--batch_size=0"), (dict(constraint="hard"), "--constraint=hard"),
+                         (dict(eval_split="train"), "--eval_split=train")]:
+        with pytest.raises(UserError, match=message):
+            check_config(Config(**bad))
+
+
+def test_baselines_get_the_boundary_term_with_bc_and_detach_the_worse_with_dc():
+    scores = torch.tensor([[-0.5, -1.0, -0.2]], requires_grad=True)
+    info = {"valid": torch.tensor([[True, True, True]]), "correct": torch.tensor([[True, True, False]]),
+            "gold": torch.tensor([[True, False, False]]), "grades": torch.tensor([[1.5, 1.5, 0.5]]),
+            "ref_logps": torch.tensor([[-5.0, -10.0, -2.0]])}
+    for loss in ("rrhf", "pro", "dpo"):
+        _, parts = alignment_objective(check_config(Config(loss=loss, constraint="bc")), scores, scores * 10, info)
+        assert set(parts) == {loss, "bc"} and parts["bc"].shape == (1,)
+        _, parts = alignment_objective(check_config(Config(loss=loss)), scores, scores * 10, info)
+        assert set(parts) == {loss}
+    total, _ = alignment_objective(check_config(Config(loss="dpo", constraint="dc")), scores, scores * 10, info)
+    (grad,) = torch.autograd.grad(total.sum(), scores)
+    assert grad[0, 2] == 0 and grad[0, 0] < 0  # the loser is detached; the winners are pushed up
+
+
+def test_an_explicit_vft_path_is_never_trained_into(tmp_path):
+    cfg = Config(vft=str(tmp_path / "typo"), out_dir=str(tmp_path / "align"))
+    with pytest.raises(UserError, match="--vft=.*typo: no VFT checkpoint there"):
+        train(cfg)
+    with pytest.raises(UserError, match="--candidates=.*missing.jsonl: no such file"):
+        train(replace(cfg, vft="out/vft", candidates=str(tmp_path / "missing.jsonl")))
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,6 @@
-"""checkpoint.py: exact save/resume of model, optimizer and RNGs; atomic replacement under simulated crashes; no pickle."""
+"""checkpoint.py: exact save/resume of model, optimizer and RNGs; atomic replacement under simulated kills and write
+errors; nothing non-finite saved; the run-directory lock; the one loader (a Hugging Face directory converted through
+the hf door); no pickle."""
 
 import json
 import math
@@ -16,9 +18,14 @@ from checkpoint import (capture_rng, find_checkpoint, load_checkpoint, restore_o
                         save_checkpoint)
 from configurator import UserError
 from model import GPT, ModelConfig, save_model
+from tokenizer import load_tokenizer
 
 CHECKPOINT_FILES = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer.json", "rng.safetensors",
-                    "tokenizer.tiktoken"}
+                    "tokenizer.tiktoken", "tokenizer_info.json"}
+
+
+class Killed(BaseException):
+    """A simulated kill -9: nothing in save_checkpoint catches it, so it leaves the disk as a kill would."""
 
 
 def tiny_config(n_embd=32):
@@ -66,20 +73,21 @@ def assert_same_tensors(a, b):
 
 
 @pytest.fixture
-def tokenizer_file(tmp_path):
+def enc(tmp_path):
     path = tmp_path / "ranks.tiktoken"
-    path.write_bytes(b"YQ== 0\nYg== 1\n")
-    return path
+    path.write_bytes(b"".join(b"%s %d\n" % (__import__("base64").b64encode(bytes([i])), i) for i in range(63)))
+    return load_tokenizer(path)  # bytes 0..62 and end-of-text: the 64 tokens of tiny_config
 
 
-def test_save_then_load_restores_model_state_and_layout(tmp_path, tokenizer_file):
+def test_save_then_load_restores_model_state_and_layout(tmp_path, enc):
     model, optimizer = trained_run()
     state = {"step": 3, "config": {"lr": 1e-2, "loss": "dpo"}, "history": [{"step": 1, "loss": 4.1}, math.inf]}
-    directory = save_checkpoint(tmp_path / "run", model, optimizer, state, tokenizer_files=tokenizer_file)
+    directory = save_checkpoint(tmp_path / "run", model, optimizer, state, enc=enc)
     assert directory == tmp_path / "run" / "checkpoint"
     assert {p.name for p in directory.iterdir()} == CHECKPOINT_FILES
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint"]  # no temp or old directory left
-    assert (directory / "tokenizer.tiktoken").read_bytes() == tokenizer_file.read_bytes()
+    loaded_model, loaded_enc = checkpoint.load_model_and_tokenizer(tmp_path / "run")
+    assert loaded_enc.encode_ordinary("0 1") == enc.encode_ordinary("0 1") and loaded_enc.eot_token == enc.eot_token
 
     loaded, loaded_state = load_checkpoint(tmp_path / "run")
     assert_same_tensors(tensors_of(loaded), tensors_of(model))
@@ -158,7 +166,7 @@ def assert_checkpoint_has_step(path, step, tensors):
 
 
 @pytest.mark.parametrize("crash_in", ["save_model", "save_file", "_fsync"])
-def test_a_crash_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch, crash_in):
+def test_a_kill_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch, crash_in):
     model, optimizer = trained_run()
     save_checkpoint(tmp_path, model, optimizer, {"step": 3})
     old_tensors = tensors_of(model)
@@ -173,9 +181,9 @@ def test_a_crash_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch, 
         if os.path.isfile(target):
             with open(target, "r+b") as f:
                 f.truncate(10)  # the write was cut off
-        raise OSError("simulated crash")
+        raise Killed()
     monkeypatch.setattr(checkpoint, crash_in, crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(Killed):
         save_checkpoint(tmp_path, model, optimizer, {"step": 5})
     monkeypatch.undo()
 
@@ -187,7 +195,7 @@ def test_a_crash_while_writing_leaves_the_old_checkpoint(tmp_path, monkeypatch, 
     assert_checkpoint_has_step(tmp_path, 5, tensors_of(model))
 
 
-def test_a_crash_between_the_renames_falls_back_to_checkpoint_old(tmp_path, monkeypatch):
+def test_a_kill_between_the_renames_falls_back_to_checkpoint_old(tmp_path, monkeypatch):
     model, optimizer = trained_run()
     save_checkpoint(tmp_path, model, optimizer, {"step": 3})
     old_tensors = tensors_of(model)
@@ -197,10 +205,10 @@ def test_a_crash_between_the_renames_falls_back_to_checkpoint_old(tmp_path, monk
     def rename(src, dst):
         renames.append((os.path.basename(src), os.path.basename(dst)))
         if len(renames) == 2:
-            raise OSError("simulated crash")
+            raise Killed()
         real_rename(src, dst)
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(Killed):
         save_checkpoint(tmp_path, model, optimizer, {"step": 5})
     monkeypatch.undo()
     assert renames == [("checkpoint", "checkpoint.old"), ("checkpoint.tmp", "checkpoint")]
@@ -217,16 +225,16 @@ def test_a_crash_between_the_renames_falls_back_to_checkpoint_old(tmp_path, monk
     assert_checkpoint_has_step(tmp_path, 5, tensors_of(model))
 
 
-def test_a_crash_before_deleting_checkpoint_old_keeps_the_new_one(tmp_path, monkeypatch):
+def test_a_kill_before_deleting_checkpoint_old_keeps_the_new_one(tmp_path, monkeypatch):
     model, optimizer = trained_run()
     save_checkpoint(tmp_path, model, optimizer, {"step": 3})
     train(model, optimizer, 2, first=3)
 
     def rmtree(path, *args, **kwargs):
         os.remove(os.path.join(path, "model.safetensors"))  # deletion got this far
-        raise OSError("simulated crash")
+        raise Killed()
     monkeypatch.setattr(shutil, "rmtree", rmtree)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(Killed):
         save_checkpoint(tmp_path, model, optimizer, {"step": 5})
     monkeypatch.undo()
 
@@ -304,8 +312,10 @@ def test_state_must_be_json_safe_and_not_use_reserved_keys(tmp_path):
         save_checkpoint(tmp_path, model, optimizer, {"step": torch.tensor(1)})
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(tmp_path, model, optimizer, {"rng": 1})
-    with pytest.raises(UserError, match="missing.tiktoken: tokenizer file not found"):
-        save_checkpoint(tmp_path, model, optimizer, {}, tokenizer_files=tmp_path / "missing.tiktoken")
+    with torch.no_grad():
+        model.wte.weight[0, 0] = math.nan
+    with pytest.raises(UserError, match="'wte.weight' holds NaN or inf"):
+        save_checkpoint(tmp_path, model, optimizer, {"step": 0})
     assert list(tmp_path.iterdir()) == []  # each failed before writing anything
 
 
@@ -323,3 +333,85 @@ def test_nothing_is_pickled(tmp_path, monkeypatch):
     restore_rng(state["rng"])
     for path in (tmp_path / "checkpoint").iterdir():
         assert not path.read_bytes().startswith(b"\x80"), path  # a pickle stream's first byte (protocol 2+)
+
+
+@pytest.mark.parametrize("fail_in", ["save_file", "save_tokenizer"])
+def test_a_write_error_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, enc, fail_in):
+    model, optimizer = trained_run()
+    tmp_path = tmp_path / "run"
+    save_checkpoint(tmp_path, model, optimizer, {"step": 3}, enc=enc)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir()}
+    train(model, optimizer, 1, first=3)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint, fail_in, full_disk)
+    with pytest.raises(UserError, match="could not write the checkpoint .No space left on device.; the previous one"):
+        save_checkpoint(tmp_path, model, optimizer, {"step": 4}, enc=enc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # the temporary directory is gone
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint").iterdir()} == before
+
+
+def test_the_run_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+    run = tmp_path / "run"
+    hold = ("import sys, time; from checkpoint import lock_run_dir; lock_run_dir(sys.argv[1]); print('locked', "
+            "flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(checkpoint.__file__))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"in use by another run .pid {holder.pid}."):
+            checkpoint.lock_run_dir(run)
+    finally:
+        holder.kill()  # a kill -9 leaves the lock file behind, but not the lock
+        holder.wait()
+    checkpoint.lock_run_dir(run)
+    checkpoint.lock_run_dir(run)  # the holder itself may ask again
+    assert (run / "run.lock").read_text() == f"{os.getpid()}\n"
+    checkpoint.unlock_run_dir(run)
+    with open(run / "run.lock") as f:  # released: anyone may take it
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_an_unwritable_run_dir_is_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="file/run: cannot write in this directory"):
+        checkpoint.lock_run_dir(tmp_path / "file" / "run")
+
+
+def fake_hf(calls):
+    """A stand-in for hf.py's convert: writes a nanoAFT model directory, as the real one does."""
+    import types
+    def convert(source, dest):
+        calls.append(source)
+        save_model(GPT(tiny_config()), dest)
+        (dest / "tokenizer.tiktoken").write_bytes((source / "ranks.tiktoken").read_bytes())
+        (dest / "tokenizer_info.json").write_text(json.dumps({
+            "pattern": r"\S+|\s+", "special_tokens": {"<|endoftext|>": 63}, "eot_token": "<|endoftext|>",
+            "bos_token": None}))
+        return dest
+    return types.SimpleNamespace(convert=convert)
+
+
+def test_a_hugging_face_directory_is_converted_once_through_the_door(tmp_path, monkeypatch, enc):
+    import sys
+    source = tmp_path / "hf-model"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    shutil.copy(tmp_path / "ranks.tiktoken", source / "ranks.tiktoken")
+    calls = []
+    monkeypatch.setitem(sys.modules, "hf", fake_hf(calls))
+    monkeypatch.setenv("NANOAFT_CACHE", str(tmp_path / "cache"))
+    model, loaded = checkpoint.load_model_and_tokenizer(source)
+    assert calls == [source.resolve()] and loaded.eot_token == 63 and model.config == tiny_config()
+    converted = checkpoint.model_directory(source)
+    assert converted.parent == tmp_path / "cache" / "converted" and calls == [source.resolve()]  # reused
+    assert checkpoint.fingerprints(source) == checkpoint.fingerprints(converted)
+    (source / "extra.safetensors").write_bytes(b"")  # the source changed: converted again
+    checkpoint.model_directory(source)
+    assert len(calls) == 2
+    assert checkpoint.model_directory(source, convert_to=tmp_path / "init") == tmp_path / "init"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("init")) == ["init"]

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from configurator import UserError, config_to_dict, format_help, main, parse_args
+from configurator import UserError, bounded, config_to_dict, format_help, main, parse_args, validate
 
 
 @dataclass
@@ -200,3 +200,45 @@ def test_config_to_dict_is_json_safe_and_round_trips():
 def test_config_to_dict_rejects_what_json_cannot_hold():
     with pytest.raises(TypeError, match=r"Outer.extra\['x'\]"):
         config_to_dict(Outer(extra={"x": object()}))
+
+
+@dataclass
+class Bounded:
+    steps: int = bounded(10, min=1)           # optimiser steps
+    lr: float = bounded(1e-3, above=0, max=1.0)  # learning rate
+    mode: str = field(default="a", metadata={"choices": ("a", "b")})  # a choice
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps=0"], "--steps=0: must be at least 1"),
+    (["--steps=-3"], "--steps=-3: must be at least 1"),
+    (["--lr=0"], "--lr=0.0: must be greater than 0"),
+    (["--lr=2"], "--lr=2.0: must be at most 1.0"),
+    (["--lr=nan"], "--lr=nan: must be a finite number"),
+    (["--lr=inf"], "--lr=inf: must be a finite number"),
+    (["--lr=-inf"], "--lr=-inf: must be a finite number"),
+])
+def test_ranges_and_finiteness_are_checked_on_the_command_line(argv, expected):
+    assert error_of(argv, Bounded) == expected
+
+
+def test_validate_checks_a_config_built_in_python_without_changing_it():
+    validate(Bounded())
+    cfg = Bounded(steps=0)
+    with pytest.raises(UserError, match="--steps=0: must be at least 1"):
+        validate(cfg)
+    assert cfg.steps == 0
+    with pytest.raises(UserError, match="--steps='3': expected int, got str"):
+        validate(Bounded(steps="3"))
+    with pytest.raises(UserError, match="--mode=c: choose one of a, b"):
+        validate(Bounded(mode="c"))
+    with pytest.raises(UserError, match="--lr=nan: must be a finite number"):
+        validate(Bounded(lr=float("nan")))
+    validate(Bounded(lr=1))  # an int where a float is expected is fine
+    validate(Config(seed=None))
+
+
+def test_help_shows_the_ranges():
+    lines = format_help(Bounded).splitlines()
+    assert "  --steps=int  (default: 10)  [>= 1]  # optimiser steps" in lines
+    assert "  --lr=float  (default: 0.001)  [> 0, <= 1.0]  # learning rate" in lines

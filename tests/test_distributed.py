@@ -1,4 +1,4 @@
-"""distributed.py on CPU with the gloo backend: 2 processes under torchrun take the same steps as 1 process with
+"""compute.py on CPU with the gloo backend: 2 processes under torchrun take the same steps as 1 process with
 the same global batch (DDP, FSDP2, gradient accumulation), a checkpoint written by 2 processes resumes in 1,
 candidate sampling is split across ranks and gathered back in question order, and micro-batches recombine every
 alignment objective exactly."""
@@ -18,7 +18,7 @@ import candidates as cands
 from candidates import interleave
 from test_train_sft import tiny_config
 from train_align import Config as AlignConfig
-from train_align import alignment_objective, check_config, part_sizes
+from train_align import alignment_objective, check_config
 from train_align import train as train_align
 from train_sft import train as train_sft
 
@@ -103,17 +103,18 @@ def test_batch_must_split_evenly(one_process):
 def test_finish_leaves_a_process_alone_outside_torchrun():
     # finish() ends a torchrun process with os._exit; in a notebook or this test process it must do nothing
     # (were it to exit, pytest itself would stop here)
-    import distributed
-    assert not distributed.launched()
-    assert distributed.finish() is None
+    import compute
+    assert not compute.launched()
+    assert compute.finish() is None
 
 
 @pytest.mark.parametrize("loss, constraint, nll_on", [("aft", "bc", "positives"), ("aft_rank", "dc", "gold"),
                                                       ("rrhf", "bc", "positives"), ("pro", "none", "positives"),
                                                       ("dpo", "bc", "positives"), ("rft", "none", "positives")])
 def test_micro_batches_recombine_the_whole_batch_objective(loss, constraint, nll_on):
-    """Weighing each micro-batch's parts by their share of part_sizes gives the whole batch's loss and gradient
-    (what the trainer does over micro-batches and ranks), even with groups that hold no pair at all."""
+    """Every objective is per question, so the sum over micro-batches of (sum of their questions' losses) / B is the
+    whole batch's mean and gradient (what the trainer does over micro-batches and ranks), even with groups that
+    hold no pair at all."""
     torch.manual_seed(0)
     cfg = check_config(AlignConfig(loss=loss, constraint=constraint, nll_on=nll_on))
     B, K = 6, 4
@@ -123,19 +124,19 @@ def test_micro_batches_recombine_the_whole_batch_objective(loss, constraint, nll
             "ref_logps": -10 * torch.rand(B, K)}
     info["gold"][:, 0] = True
     info["correct"] = info["gold"] | (torch.rand(B, K) < 0.3)
-    info["correct"][4] = True  # a group with only positives: no pair
+    info["correct"][4], info["grades"][4] = True, 1.0  # a group of equal positives: no pair
     logps = (-20 * torch.rand(B, K)).requires_grad_()
     scores = logps / 10
-    whole, _ = alignment_objective(cfg, scores, logps, info)
+    whole, parts = alignment_objective(cfg, scores, logps, info)
+    assert whole.shape == (B,) and all(value[4] == 0 for name, value in parts.items() if name != "nll")  # no pair
+    whole = whole.sum() / B
     (whole_grad,) = torch.autograd.grad(whole, logps, retain_graph=True)
 
-    totals = part_sizes(cfg, info)
     combined = 0
     for rows in (slice(0, 1), slice(1, 4), slice(4, 6)):  # uneven on purpose
         micro = {name: value[rows] for name, value in info.items()}
-        _, parts = alignment_objective(cfg, scores[rows], logps[rows], micro)
-        sizes = part_sizes(cfg, micro)
-        combined = combined + sum(parts[n] * sizes[n] / max(totals[n], 1) for n in parts)
+        per_question, _ = alignment_objective(cfg, scores[rows], logps[rows], micro)
+        combined = combined + per_question.sum() / B
     (combined_grad,) = torch.autograd.grad(combined, logps)
     assert combined.item() == pytest.approx(whole.item(), abs=1e-6)
     torch.testing.assert_close(combined_grad, whole_grad, atol=1e-7, rtol=1e-5)

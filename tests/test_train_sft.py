@@ -2,6 +2,7 @@
 stops with a one-line error without touching an existing checkpoint."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -127,3 +128,88 @@ def test_bad_jsonl_is_one_line_error(tmp_path, content, message):
     (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1"}\n')
     result = run_script("--dataset=gsm8k", f"--data_dir={tmp_path}", "--out_dir=out", cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_size=0"], "--batch_size=0: must be at least 1"),
+    (["--learning_rate=nan"], "--learning_rate=nan: must be a finite number"),
+    (["--learning_rate=inf"], "--learning_rate=inf: must be a finite number"),
+    (["--learning_rate=0"], "--learning_rate=0.0: must be greater than 0"),
+    (["--max_steps=0"], "--max_steps=0: must be at least 1"),
+    (["--log_every=0"], "--log_every=0: must be at least 1"),
+    (["--grad_clip=-1"], "--grad_clip=-1.0: must be at least 0"),
+    (["--min_lr=1"], "--min_lr is above --learning_rate"),
+    (["--out_dir="], "--out_dir must name a directory"),
+    (["--tokenizer=missing.tiktoken"], "--tokenizer=missing.tiktoken: no such file or directory"),
+    (["--device=cuda:7"] if not torch.cuda.is_available() else ["--device=nonsense"], "--device="),
+    (["--dtype=float16"], "--dtype"),
+    (["--parallel=zero"], "--parallel"),
+])
+def test_every_bad_flag_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    from configurator import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(train, Config, ([] if argv[0].startswith("--out_dir") else ["--out_dir=out"]) + argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the run directory
+
+
+def test_a_config_is_validated_from_python_too(tmp_path):
+    with pytest.raises(UserError, match="--batch_size=-1: must be at least 1"):
+        train(tiny_config(tmp_path, batch_size=-1))
+    with pytest.raises(UserError, match="--weight_decay=nan: must be a finite number"):
+        train(tiny_config(tmp_path, weight_decay=float("nan")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import train_sft
+    real = train_sft.learning_rate
+    monkeypatch.setattr(train_sft, "learning_rate", lambda step, cfg: real(step, cfg) if step < 2 else math.nan)
+    with pytest.raises(UserError, match=r"step [34]: loss .* gradient norm .*training diverged.*last checkpoint in"):
+        train(tiny_config(tmp_path, save_every=2, test_questions=0))
+    weights = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "trainer.json").read_text())
+    assert saved["step"] == 2
+
+
+def test_nan_starting_weights_never_train_or_save(tmp_path):
+    from model import load_model, save_model
+    train(tiny_config(tmp_path, out_dir=str(tmp_path / "base"), max_steps=1, test_questions=0))
+    model = load_model(tmp_path / "base" / "checkpoint")
+    with torch.no_grad():
+        model.wte.weight.fill_(float("nan"))
+    save_model(model, tmp_path / "nan")
+    from tokenizer import save_tokenizer
+    save_tokenizer(load_tokenizer(str(REPO / "data" / "tokenizer.tiktoken")), tmp_path / "nan")
+    with pytest.raises(UserError, match="step 1: loss nan"):
+        train(tiny_config(tmp_path, init_from=str(tmp_path / "nan")))
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path):
+    import fcntl
+    import os
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / "run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        result = run_script("--out_dir=out", "--max_steps=1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: out is in use by another run (pid 4242); wait for it to end or choose another --out_dir"]
+    assert os.listdir(tmp_path / "out") == ["run.lock"]
+
+
+def test_every_rng_is_seeded_and_the_config_is_not_changed(tmp_path):
+    import random
+    import numpy as np
+    cfg = tiny_config(tmp_path, max_steps=1, test_questions=0)
+    before = replace(cfg)
+    train(cfg)
+    assert cfg == before
+    draws = random.random(), float(np.random.rand()), float(torch.rand(1))
+    train(replace(cfg, overwrite=True))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
