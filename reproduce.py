@@ -105,12 +105,12 @@ def align_config(cfg, method, seed, vft_dir, cand_path, root):
 def run_method(cfg, method, seed, vft_dir, cand_path, root):
     acfg = align_config(cfg, method, seed, vft_dir, cand_path, root)
     if METHODS[method] is None:  # the VFT model itself: evaluated exactly as the aligned ones are
-        train_align.check_config(acfg)
+        acfg = train_align.check_config(acfg)
         groups, header = cands.load_groups(cand_path, vft_dir)
         directory = find_checkpoint(vft_dir)
         enc = load_tokenizer_of(directory)  # the run's own tokenizer
         task = run_task(directory)
-        return train_align.vft_metrics(acfg, header["fingerprint"]["model"], enc, task[cfg.eval_split],
+        return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc, task[cfg.eval_split],
                                        groups[:cfg.k_questions], pick_device("auto"))
     return train_align.train(acfg)["metrics"]["aligned"]
 

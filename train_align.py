@@ -24,7 +24,7 @@ import candidates as cands
 import compute
 import losses
 import train_sft
-from checkpoint import (has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training,
+from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training,
                         resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main
 from data.dataset import run_config, run_task
@@ -178,8 +178,8 @@ def train(cfg):
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     groups, header = ensure_prerequisites(cfg)
-    enc = load_tokenizer_of(cfg.vft)
-    task = {key: value for key, value in run_config(cfg.vft).items() if key in train_sft.TASK_FIELDS}
+    enc, vft_dir = load_tokenizer_of(cfg.vft), find_checkpoint(cfg.vft)
+    task = {key: value for key, value in run_config(vft_dir).items() if key in train_sft.TASK_FIELDS}
     state = {"step": 0, "history": {"train": []}}
     seed_rng(cfg.seed)
     model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
@@ -236,7 +236,7 @@ def train(cfg):
 
     if last == cfg.max_steps and cfg.test_questions > 0 and compute.is_main():
         plain = whole_model(model, cfg.out_dir, device).eval()  # rank 0 alone from here
-        test, train_groups = run_task(cfg.vft)[cfg.eval_split], groups[:cfg.k_questions]
+        test, train_groups = run_task(vft_dir)[cfg.eval_split], groups[:cfg.k_questions]
         before = vft_metrics(cfg.vft, header["fingerprint"]["model"], cfg, enc, test, train_groups, device)
         history["metrics"] = {"vft": before, "aligned": metrics_of(plain, enc, test, train_groups, cfg)}
         compute.log(format_table({"VFT": before, f"{cfg.loss}/{cfg.constraint}": history["metrics"]["aligned"]}))

@@ -376,7 +376,7 @@ def test_export_command_line(saved, tmp_path):
     ("config.json", {"rope_parameters": "x"}, "rope_parameters='x', expected an object"),
     ("model.safetensors", b"", "model.safetensors: unreadable safetensors file"),
     ("model.safetensors", "half", "model.safetensors: unreadable safetensors file"),
-    ("model.safetensors", "nan", "weight 'blocks.0.mlp.up_proj.weight' holds NaN"),
+    ("model.safetensors", "nan", "tensor 'blocks.0.mlp.up_proj.weight' holds NaN"),
 ])
 def test_broken_hf_files_are_one_line_naming_them(saved, tmp_path, name, content, message):
     hf_dir = hf_directory(saved, "llama-tied", tmp_path / "hf")
