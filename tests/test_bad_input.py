@@ -307,6 +307,29 @@ TOKENIZER_INFO = {  # after the tokenizer format change (tokenizer.tiktoken + to
 }
 
 
+def ckpt_bytes(name, make):
+    def setup(ctx):
+        path = ctx["ckpt"] / name
+        path.write_bytes(make(path.read_bytes()))
+    return setup
+
+
+def trainer_config(key, value):
+    def make(b):
+        state = json.loads(b)
+        state["config"][key] = value
+        return json.dumps(state).encode()
+    return make
+
+
+TRAINER_FILES = {  # kind (starting with the file's name) -> setup
+    "trainer.json_invalid_json": ckpt_bytes("trainer.json", lambda b: b[:len(b) // 2]),
+    "trainer.json_n_train_string": ckpt_bytes("trainer.json", trainer_config("n_train", "many")),
+    "optimizer.safetensors_truncated": ckpt_bytes("optimizer.safetensors", lambda b: b[:len(b) // 2]),
+    "rng.safetensors_empty": ckpt_bytes("rng.safetensors", lambda b: b""),
+}
+
+
 def cands_lines(edit):
     """A corruption of the candidate file copy {cands}: edit(lines) on its lines (line 1 is the header)."""
     def setup(ctx):
@@ -381,9 +404,9 @@ def bare_model_with_gsm8k(long_question_in):
             if path.name == "config.json" or path.name.startswith(("model.", "tokenizer")):
                 shutil.copyfile(path, model / path.name)
         long = "Tom counts " + "one more apple and " * 300 + "how many apples?"
-        for split in ("train", "test"):
+        for split, n in (("train", 600), ("test", 8)):  # the task keeps the last 500 training records for val
             question = long if split in long_question_in else "What is 2 plus 3?"
-            rows = [{"question": question, "answer": "2 + 3 = 5\n#### 5"} for _ in range(8)]
+            rows = [{"question": question, "answer": "2 + 3 = 5\n#### 5"} for _ in range(n)]
             write(ctx["tmp"] / "gsm" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return setup
 
@@ -580,6 +603,19 @@ def table():
             add(f"{script}-tokenizer_info.json_{kind}", script, {}, ["tokenizer_info.json"], setup=setup,
                 needs="tokenizer_info")
 
+    # the rest of a training checkpoint: what --resume reads, and the run's config the task comes from
+    for kind, setup in TRAINER_FILES.items():
+        if kind == "trainer.json_n_train_string":
+            continue  # --resume rightly reports that as a different --n_train
+        name = kind.split("_")[0]
+        add(f"train_sft-resume_{kind}", "train_sft", {"out_dir": "{run}", "resume": "true"}, [name], setup=setup)
+    for kind in ("trainer.json_invalid_json", "trainer.json_n_train_string"):
+        for script in ("evaluate", "candidates"):
+            add(f"{script}-{kind}", script, {}, ["trainer.json"], setup=TRAINER_FILES[kind])
+    for script in ("sample", "evaluate"):
+        add(f"{script}-ckpt_is_a_regular_file", script, {"ckpt": "{tmp}/a_file"}, ["a_file"],
+            setup=regular_file_named("a_file"))
+
     # candidate files (train_align reads the whole file before any work)
     for kind, (setup, expect) in CANDIDATES_FILE.items():
         args = {"loss": "dpo"} if kind == "sum_logp_nan" else {}  # DPO's reference is the stored sum_logp
@@ -717,7 +753,7 @@ def test_bad_input(case, tiny_run, tmp_path, monkeypatch, capsys):
         for cleanup in ctx["cleanups"]:
             cleanup()
 
-    shown = " ".join(argv)
+    shown = " ".join(arg if len(arg) <= 120 else arg[:100] + "..." for arg in argv)
     if escaped is not None:
         where = traceback.extract_tb(escaped.__traceback__)[-1]
         pytest.fail(f"{type(escaped).__name__} escaped (a traceback, not exit 2) at {Path(where.filename).name}:"
