@@ -136,9 +136,10 @@ NUMERIC = {
     "tokenizer": {"vocab_size": ("pos_int", "100"),  # below the 256 byte tokens every rank file starts with
                   "verbose": "nonneg_int"},
 }
-# Flags a ModelConfig or the task may name without the dashes (they are also fields of a saved config).
-BARE_NAMES = {"n_layer", "n_head", "n_embd", "block_size", "min_chain_steps", "max_chain_steps", "max_factor",
-              "max_number", "vocab_size"}
+
+
+class Dashed(str):
+    """An expected flag that must appear with its dashes: --tokenizer, where the word tokenizer is everywhere."""
 
 
 @dataclass
@@ -146,7 +147,8 @@ class Case:
     id: str
     script: str
     args: dict                      # flags over BASE[script]; a value None drops the flag
-    expect: list                    # each item must be in the error line; a tuple: one of its items; "--x": the flag
+    expect: list                    # each item must be in the error line; a tuple: one of its items; "--name": the
+                                    # flag, given as --name or (for names of 4 letters or more) as the word name
     setup: typing.Callable = None   # setup(ctx) corrupts or creates files before the checksums are taken
     needs: str = ""                 # "cuda-absent", "tokenizer_info": skipped when the condition does not hold
 
@@ -162,10 +164,8 @@ def numeric_cases():
                     args.update(item)
                 else:
                     extras += (item,)
-            flag = f"--{name}"
-            expect = [(flag, name)] if name in BARE_NAMES else [flag]
             for value in INVALID[kind] + extras:
-                cases.append(Case(f"{script}-{name}={value}", script, {**args, name: value}, expect))
+                cases.append(Case(f"{script}-{name}={value}", script, {**args, name: value}, [f"--{name}"]))
     return cases
 
 
@@ -439,10 +439,13 @@ def lock_file_name():
 
 
 HOLD_LOCK = """
-import fcntl, sys
+import fcntl, os, sys
 f = open(sys.argv[1], "a+")
 fcntl.flock(f, fcntl.LOCK_EX)   # both kinds of lock: flock and POSIX (lockf) locks do not see each other
 fcntl.lockf(f, fcntl.LOCK_EX)
+f.truncate(0)
+f.write(f"{os.getpid()}\n")   # as a running trainer does
+f.flush()
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -486,9 +489,9 @@ def table():
 
     # combinations of flags
     add("train_sft-n_embd_not_multiple_of_n_head", "train_sft", {"n_embd": "30", "n_head": "4"},
-        [("n_embd", "n_head")])
+        [("--n_embd", "--n_head")])
     add("train_sft-min_chain_steps>max_chain_steps", "train_sft", {"min_chain_steps": "4", "max_chain_steps": "2"},
-        [("min_chain_steps", "max_chain_steps")])
+        [("--min_chain_steps", "--max_chain_steps")])
     add("train_sft-batch_not_multiple_of_grad_accum", "train_sft", {"batch_size": "4", "grad_accum": "3"},
         [("--grad_accum", "--batch_size")])
     add("train_align-batch_not_multiple_of_grad_accum", "train_align", {"batch_size": "2", "grad_accum": "3"},
@@ -519,7 +522,7 @@ def table():
     for script, name in (("train_sft", "out_dir"), ("train_sft", "tokenizer"), ("train_align", "vft"),
                          ("candidates", "ckpt"), ("evaluate", "ckpt"), ("sample", "ckpt"), ("reproduce", "out_dir"),
                          ("hf", "ckpt"), ("hf", "out")):
-        add(f"{script}-{name}_empty", script, {name: ""}, [f"--{name}"])
+        add(f"{script}-{name}_empty", script, {name: ""}, [Dashed(f"--{name}")])
     add("train_sft-gsm8k_data_dir_empty", "train_sft", {"dataset": "gsm8k", "data_dir": ""}, ["--data_dir"])
     for script, name in (("train_sft", "init_from"), ("train_align", "vft"), ("candidates", "ckpt"),
                          ("evaluate", "ckpt"), ("sample", "ckpt"), ("hf", "ckpt"), ("hf", "source")):
@@ -704,11 +707,14 @@ def _runaway(signum, frame):
 
 
 def mentions(line, item):
+    if isinstance(item, Dashed):
+        return re.search(rf"{re.escape(item)}\b", line) is not None
     if isinstance(item, tuple):
         return any(mentions(line, alternative) for alternative in item)
-    if item.startswith("--"):  # a flag: "--name", or "name" as a word for the long names of BARE_NAMES
+    if item.startswith("--"):  # a flag: "--name", or "name" as a word when it is too long to be an accident
         name = re.escape(item[2:])
-        return re.search(rf"--{name}\b" + (rf"|\b{name}\b" if item[2:] in BARE_NAMES else ""), line) is not None
+        word = rf"|(?<![\w./-]){name}(?![\w.])"  # the word alone, not a piece of a path or file name
+        return re.search(rf"--{name}\b" + (word if len(item) >= 6 else ""), line) is not None
     return item in line
 
 
