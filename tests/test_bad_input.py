@@ -444,8 +444,7 @@ f = open(sys.argv[1], "a+")
 fcntl.flock(f, fcntl.LOCK_EX)   # both kinds of lock: flock and POSIX (lockf) locks do not see each other
 fcntl.lockf(f, fcntl.LOCK_EX)
 f.truncate(0)
-f.write(f"{os.getpid()}\n")   # as a running trainer does
-f.flush()
+print(os.getpid(), file=f, flush=True)  # as a running trainer does
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -458,8 +457,9 @@ def held_lock(directory):
         run_dir = ctx["tmp"] / directory
         run_dir.mkdir(exist_ok=True)
         holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / lock_file_name())],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert holder.stdout.readline().strip() == "locked"
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if holder.stdout.readline().strip() != "locked":
+            pytest.fail(f"the process meant to hold the lock failed: {holder.communicate()[1][-1000:]}")
         ctx["cleanups"].append(lambda: (holder.stdin.close(), holder.wait(timeout=10)))
     return setup
 
