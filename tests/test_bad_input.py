@@ -15,7 +15,6 @@ Validation must happen before any work, so each case is quick; a case that is st
 CASE_SECONDS fails as "not refused before the work started". Add a case here for every bad-input bug found later.
 """
 
-import fcntl
 import hashlib
 import importlib
 import json
@@ -28,7 +27,7 @@ import subprocess
 import sys
 import traceback
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -254,7 +253,8 @@ CONFIG_FILE = {  # kind -> setup; each names config.json in its error
     "n_embd_float": config_edit(_set("n_embd", 32.5)),
     "block_size_null": config_edit(_set("block_size", None)),
     "vocab_size_negative": config_edit(_set("vocab_size", -5)),
-    "n_head_missing": config_edit(lambda raw, inner: inner.pop("n_head")),
+    "n_head_zero": config_edit(_set("n_head", 0)),
+    "n_layer_bool": config_edit(_set("n_layer", True)),
     "unknown_field": config_edit(_set("n_wings", 2)),
 }
 
@@ -430,7 +430,7 @@ def then(*setups):
 
 
 def lock_file_name():
-    """The lock file the trainers hold in their out_dir (checkpoint.py names it; ".lock" until it does)."""
+    """The lock file the trainers hold in their out_dir: checkpoint.LOCK ("run.lock"), or ".lock" before it exists."""
     checkpoint = importlib.import_module("checkpoint")
     for attr in ("LOCK_FILE", "LOCK", "LOCKFILE", "LOCK_NAME"):
         if isinstance(getattr(checkpoint, attr, None), str):
@@ -471,6 +471,7 @@ LOADERS = {  # scripts that read the run's model, and the flags that point them 
     "sample": {}, "evaluate": {}, "candidates": {},
     "train_sft": {"init_from": "{run}", "out_dir": "{tmp}/sft"},
     "train_align": {},
+    "hf": {},  # export: a broken or non-finite model is not written out as if it were fine
 }
 DEVICE_SCRIPTS = ("train_sft", "train_align", "candidates", "evaluate", "sample")
 TRAINERS = ("train_sft", "train_align")
@@ -613,6 +614,8 @@ def table():
             continue  # --resume rightly reports that as a different --n_train
         name = kind.split("_")[0]
         add(f"train_sft-resume_{kind}", "train_sft", {"out_dir": "{run}", "resume": "true"}, [name], setup=setup)
+    add("train_sft-resume_nan_weights", "train_sft", {"out_dir": "{run}", "resume": "true"}, ["model.safetensors"],
+        setup=MODEL_FILE["nan_weights"])
     for kind in ("trainer.json_invalid_json", "trainer.json_n_train_string"):
         for script in ("evaluate", "candidates"):
             add(f"{script}-{kind}", script, {}, ["trainer.json"], setup=TRAINER_FILES[kind])
