@@ -628,7 +628,7 @@ def table():
         args = {"loss": "dpo"} if kind == "sum_logp_nan" else {}  # DPO's reference is the stored sum_logp
         add(f"train_align-candidates_{kind}", "train_align", args, ["cands.jsonl", *expect], setup=setup)
 
-    # hf.py export and tokenizer.py training
+    # tokenizer.py: training a rank file
     add("tokenizer-input_missing", "tokenizer", {"input": "{tmp}/no_such.txt"}, ["no_such.txt"])
     add("tokenizer-input_empty", "tokenizer", {}, ["text.txt"], setup=lambda ctx: write(ctx["tmp"] / "text.txt", ""))
     return cases
