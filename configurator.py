@@ -14,7 +14,8 @@ A field can restrict its values: `field(default=..., metadata={"choices": (...)}
 checks every field of a config against its type, its choices and its range, and refuses NaN and infinity in
 every float field; the train functions call it first, so a config built in a notebook is checked like the
 command line. Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`,
-whose one-line message names the flag; `main` prints it and exits with status 2.
+whose one-line message names the flag; `main` prints it and exits with status 2. `check_output(path, flag)`
+refuses an output path that cannot be written, before any work, for every script that writes one.
 """
 
 import dataclasses
@@ -22,7 +23,9 @@ import difflib
 import inspect
 import io
 import math
+import os
 import sys
+import tempfile
 import tokenize
 import types
 import typing
@@ -199,6 +202,37 @@ def validate(cfg):
             raise UserError(f"--{name}={value}: must be at most {f.metadata['max']}")
         if "above" in f.metadata and value <= f.metadata["above"]:
             raise UserError(f"--{name}={value}: must be greater than {f.metadata['above']}")
+
+
+def check_output(path, flag, is_dir=True):
+    """Refuse, before any work, an output path that cannot be written: empty, under a regular file, a file where a
+    directory is wanted (or the reverse), or in a place where a file cannot be created. Writability is tested by
+    creating and removing a file in `path` (a directory) or beside it, or else in its nearest existing parent, so
+    nothing is left behind: no file, and no directory that did not exist. Returns `path` as a Path.
+    `flag` names the setting in the message (out_dir for --out_dir)."""
+    if not str(path).strip():
+        raise UserError(f"--{flag} is empty: give a {'directory' if is_dir else 'file'} path")
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # the nearest part of the path that exists
+        existing = existing.parent
+    if existing == path:
+        if is_dir and not path.is_dir():
+            raise UserError(f"--{flag}={path}: a {'regular file' if path.is_file() else 'non-directory'}, "
+                            f"not a directory")
+        if not is_dir and path.is_dir():
+            raise UserError(f"--{flag}={path}: a directory, not a file")
+        if not is_dir:
+            existing = path.parent
+    elif not existing.is_dir():
+        raise UserError(f"--{flag}={path}: {existing} is a regular file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"--{flag}={path}: cannot write in {existing} ({e.strerror or e})") from None
+    return path
 
 
 def main(fn, config_cls, argv=None):

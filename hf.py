@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from configurator import UserError, main
+from configurator import UserError, bounded, check_output, main, validate
 from hf_tokenizer import copy_tokenizer_files, load_hf_tokenizer, tokenizer_layout, write_tokenizer_json
 from model import GPT, ModelConfig, load_state, save_model
 from tokenizer import save_tokenizer
@@ -472,14 +472,33 @@ class ExportConfig:
     ckpt: str                       # nanoAFT model, checkpoint or run directory
     out: str                        # where to write the Hugging Face directory
     source: str = ""                # the original Hugging Face directory: its config fields and tokenizer files
-    max_shard_size: int = 0         # bytes per safetensors shard (0: one file)
+    max_shard_size: int = bounded(0, min=0)  # bytes per safetensors shard (0: one file)
+
+
+def _holds_nanoaft_model(directory):
+    """Whether `directory` (a run, checkpoint or model directory) holds a nanoAFT model that an export would ruin."""
+    for candidate in (Path(directory), Path(directory) / "checkpoint"):
+        try:
+            if "nanoaft" in json.loads((candidate / CONFIG_FILE).read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError, TypeError):
+            continue
+    return False
 
 
 def export(cfg):
     """Write the model and tokenizer of a nanoAFT directory as a Hugging Face directory (the one loader,
-    checkpoint.load_model_and_tokenizer, reads it)."""
+    checkpoint.load_model_and_tokenizer, reads it). Every flag is checked before the model is read."""
     from checkpoint import load_model_and_tokenizer  # here: checkpoint.py reaches this file lazily too
 
+    validate(cfg)  # the command line did already; a notebook's ExportConfig(...) did not
+    if not cfg.ckpt.strip():
+        raise UserError("--ckpt is empty: give the nanoAFT model, checkpoint or run directory to export")
+    if cfg.source and not Path(cfg.source).is_dir():
+        raise UserError(f"--source={cfg.source}: no such directory (the original Hugging Face model)")
+    check_output(cfg.out, "out")  # an empty --out would write into the current directory
+    if _holds_nanoaft_model(cfg.out):  # its config.json would be overwritten by the Hugging Face one
+        raise UserError(f"--out={cfg.out} holds a nanoAFT model; export to another directory")
     model, enc = load_model_and_tokenizer(cfg.ckpt)
     save_pretrained(model, cfg.out, source=cfg.source or None, enc=enc, max_shard_size=cfg.max_shard_size or None)
     print(f"wrote {cfg.out}")

@@ -47,6 +47,8 @@ class ModelConfig:
         if self.family not in ("llama", "gpt2"):
             raise UserError(f"ModelConfig.family must be 'llama' or 'gpt2', got {self.family!r}")
         self.n_kv_head = self.n_kv_head or self.n_head
+        if not self.head_dim and self.n_embd % self.n_head:  # head_dim 0 means n_embd // n_head: it must divide
+            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         if self.n_head % self.n_kv_head:
             raise UserError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
@@ -155,10 +157,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.norm1 = make_norm(config)
-        self.attn = Attention(config)
-        self.norm2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.norm1, self.attn = make_norm(config), Attention(config)  # (registered in this order: state_dict's)
+        self.norm2, self.mlp = make_norm(config), MLP(config)
 
     def forward(self, x, rope, kv_cache, layer, attn_mask, is_causal):
         x = x + self.attn(self.norm1(x), rope, kv_cache, layer, attn_mask, is_causal)

@@ -21,7 +21,7 @@ Results go to <out_dir>/results.json (one record per seed and method; a rerun sk
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import candidates as cands
@@ -29,7 +29,7 @@ import train_align
 import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_tokenizer_of
 from compute import pick_device
-from configurator import UserError, config_to_dict, main
+from configurator import UserError, bounded, check_output, config_to_dict, main, validate
 from data.dataset import run_task
 
 METHODS = {
@@ -57,38 +57,95 @@ class Config:
     methods: str = ",".join(METHODS)  # comma-separated subset of the methods above
     seeds: str = "0,1,2"            # training seeds (the task itself is fixed: data seed 0)
     out_dir: str = "out/reproduce"  # one sub-directory per seed, results.json and results.md
-    eval_split: str = "test"        # "test" for the table, "val" while tuning
-    vft_steps: int = 800            # VFT steps per seed (train_sft.py's default)
-    n_questions: int = 1200         # training questions with candidate groups (train_align.py default)
-    k: int = 8                      # samples per question
-    temperature: float = 0.8        # sampling temperature of the candidates
-    align_steps: int = 150          # steps of every alignment run and of vft_more (train_align.py default)
-    batch_size: int = 8             # groups per alignment step
-    learning_rate: float = 1e-4     # alignment learning rate
-    beta: float = 0.05              # boundary margin of bc (tuned on the validation split)
-    beta_dpo: float = 0.1           # DPO's inverse temperature
-    test_questions: int = 500       # questions for T-Acc and gold PPL
-    k_questions: int = 100          # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
+    eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # "val" while tuning
+    vft_steps: int = bounded(800, min=1)  # VFT steps per seed (train_sft.py's default)
+    n_questions: int = bounded(1200, min=1)  # training questions with candidate groups (train_align.py default)
+    k: int = bounded(8, min=1)      # samples per question
+    temperature: float = bounded(0.8, min=0)  # sampling temperature of the candidates
+    align_steps: int = bounded(150, min=1)  # steps of every alignment run and of vft_more (train_align.py default)
+    batch_size: int = bounded(8, min=1)  # groups per alignment step
+    learning_rate: float = bounded(1e-4, above=0)  # alignment learning rate
+    beta: float = bounded(0.05, above=0)  # boundary margin of bc (tuned on the validation split)
+    beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
+    test_questions: int = bounded(500, min=0)  # questions for T-Acc and gold PPL
+    k_questions: int = bounded(100, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
 
 
 def parse_list(text, valid, flag):
-    items = [x for x in text.split(",") if x]
-    unknown = [x for x in items if x not in valid]
-    if unknown:
-        raise UserError(f"--{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+    """The comma-separated items of --flag, each in `valid` (a list, or a function that converts or raises
+    ValueError), none twice and at least one."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UserError(f"--{flag} is empty: give at least one" + (f" of {', '.join(valid)}" if isinstance(valid, list)
+                                                                  else " value"))
+    if callable(valid):
+        try:
+            items = [valid(x) for x in items]
+        except ValueError as e:
+            raise UserError(f"--{flag}={text}: {e}") from None
+    else:
+        unknown = [x for x in items if x not in valid]
+        if unknown:
+            raise UserError(f"--{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+    twice = [x for i, x in enumerate(items) if x in items[:i]]
+    if twice:
+        raise UserError(f"--{flag}={text}: {twice[0]} is given twice")
     return items
+
+
+def seed_number(text):
+    """A training seed: a non-negative integer (train_sft.py's --seed)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer; expected comma-separated non-negative integers") from None
+    if seed < 0:
+        raise ValueError(f"seed {seed} is negative; seeds are non-negative integers")
+    return seed
+
+
+def vft_config(cfg, seed, vft_dir):
+    return train_sft.Config(out_dir=str(vft_dir), seed=seed, max_steps=cfg.vft_steps, test_questions=0,
+                            overwrite=True)
+
+
+def candidates_config(cfg, seed, vft_dir, cand_path):
+    return cands.Config(ckpt=str(vft_dir), out=str(cand_path), n_questions=cfg.n_questions, k=cfg.k,
+                        temperature=cfg.temperature, seed=seed)
+
+
+def check_config(cfg):
+    """(methods, seeds) of a config whose every setting is usable, or a UserError naming reproduce's own flag;
+    checked before any training, so a mistake costs nothing. The configs of the runs reproduce starts are checked
+    too, with the values this config gives them."""
+    validate(cfg)  # the command line did already; a notebook's Config(...) did not
+    methods = parse_list(cfg.methods, list(METHODS), "methods")
+    seeds = parse_list(cfg.seeds, seed_number, "seeds")
+    out = check_output(cfg.out_dir, "out_dir")
+    root = out / f"seed{seeds[0]}"
+    runs = [("VFT", vft_config(cfg, seeds[0], root / "vft")),
+            ("candidates", candidates_config(cfg, seeds[0], root / "vft", root / "vft" / "candidates.jsonl"))]
+    runs += [(method, align_config(cfg, method, seeds[0], root / "vft", root / "vft" / "candidates.jsonl", root))
+             for method in methods]
+    for name, run_cfg in runs:
+        try:
+            if isinstance(run_cfg, train_sft.TrainConfig):  # train_align.Config is one too
+                train_sft.check_config(run_cfg)
+            else:
+                validate(run_cfg)
+        except UserError as e:
+            raise UserError(f"the {name} run these settings start would be refused: {e}") from None
+    return methods, seeds
 
 
 def seed_prerequisites(cfg, seed, root):
     """The VFT run and candidate groups of one seed, built when missing."""
     vft_dir = root / "vft"
     if not has_checkpoint(vft_dir):
-        train_sft.train(train_sft.Config(out_dir=str(vft_dir), seed=seed, max_steps=cfg.vft_steps,
-                                         test_questions=0, overwrite=True))
+        train_sft.train(vft_config(cfg, seed, vft_dir))
     cand_path = vft_dir / "candidates.jsonl"
     if not cand_path.is_file():
-        cands.build(cands.Config(ckpt=str(vft_dir), out=str(cand_path), n_questions=cfg.n_questions, k=cfg.k,
-                                 temperature=cfg.temperature, seed=seed))
+        cands.build(candidates_config(cfg, seed, vft_dir, cand_path))
     return vft_dir, cand_path
 
 
@@ -97,6 +154,7 @@ def align_config(cfg, method, seed, vft_dir, cand_path, root):
     return train_align.Config(loss=loss, constraint=constraint, beta=cfg.beta, beta_dpo=cfg.beta_dpo,
                               vft=str(vft_dir), candidates=str(cand_path), batch_size=cfg.batch_size,
                               max_steps=cfg.align_steps, learning_rate=cfg.learning_rate,
+                              min_lr=min(train_align.Config.min_lr, cfg.learning_rate),  # a floor, never above the peak
                               save_every=cfg.align_steps, log_every=max(1, cfg.align_steps // 5),
                               test_questions=cfg.test_questions, k_questions=cfg.k_questions, k=cfg.k,
                               eval_split=cfg.eval_split, out_dir=str(root / method), overwrite=True, seed=seed)
@@ -116,7 +174,18 @@ def run_method(cfg, method, seed, vft_dir, cand_path, root):
 
 
 def load_results(path):
-    return json.loads(path.read_text()) if path.is_file() else []
+    """The records of earlier runs in results.json ([] when there is none yet)."""
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a results file reproduce.py wrote ({e}); move it away to start afresh") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"seed", "method", "settings", "metrics"}
+                                                <= set(r) for r in records):
+        raise UserError(f"{path}: not a results file reproduce.py wrote (a list of records with seed, method, "
+                        f"settings and metrics); move it away to start afresh")
+    return records
 
 
 def with_deltas(records):
@@ -165,15 +234,11 @@ def format_markdown(table, cfg):
 
 
 def run(cfg):
-    methods = parse_list(cfg.methods, list(METHODS), "methods")
-    try:
-        seeds = [int(s) for s in cfg.seeds.split(",") if s]
-    except ValueError:
-        raise UserError(f"--seeds={cfg.seeds}: expected comma-separated integers") from None
+    methods, seeds = check_config(cfg)  # every setting, before anything is trained or written
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     records = load_results(results_path)
+    out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("methods", "seeds")}
     t_start = time.time()
     for seed in seeds:

@@ -37,7 +37,7 @@ import regex  # a dependency of tiktoken itself; the same engine tiktoken's refe
 import tiktoken
 from tiktoken.core import raise_disallowed_special_token
 
-from configurator import UserError, main
+from configurator import UserError, bounded, check_output, main, validate
 
 EOT = "<|endoftext|>"
 TOKENIZER_FILES = ("tokenizer.tiktoken", "tokenizer_info.json")
@@ -334,6 +334,9 @@ def _read_info(path):
     specials = info["special_tokens"]
     if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in specials.values()):
         raise UserError(f"{path}: 'special_tokens' must map each token to a non-negative integer id")
+    for key in ("eot_token", "bos_token"):
+        if info[key] is not None and info[key] not in specials:
+            raise UserError(f"{path}: '{key}' {info[key]!r} is not one of its special_tokens {sorted(specials)[:8]}")
     try:
         regex.compile(info["pattern"])
     except regex.error as e:
@@ -351,6 +354,10 @@ def load_tokenizer(path) -> Encoding:
     info = _read_info(path / INFO_FILE)
     if info.get("n_ranks") not in (None, len(ranks)):
         raise UserError(f"{path / RANK_FILE}: {len(ranks)} ranks, but {INFO_FILE} says {info['n_ranks']} (truncated?)")
+    clash = sorted(set(info["special_tokens"].values()) & set(ranks.values()))
+    if clash:
+        raise UserError(f"{path / INFO_FILE}: special token id {clash[0]} is also the rank of an ordinary token in "
+                        f"{RANK_FILE}")
     return build_encoding(ranks, info["pattern"], info["special_tokens"], name=path.name or "tokenizer",
                           eot=info["eot_token"], bos=info["bos_token"], normalizer=info.get("normalizer"))
 
@@ -402,20 +409,34 @@ def read_training_text(path: str) -> str:
             return "\n\n".join(texts)
     except FileNotFoundError:
         raise UserError(f"{path}: input file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a directory, not a text file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 @dataclass
 class TokenizerConfig:
     input: str                       # training text: a .txt file, or a .jsonl file with question/answer fields
-    vocab_size: int = 1024           # ranks to learn, bytes included; the encoding adds EOT on top
+    vocab_size: int = bounded(1024, min=256)  # ranks to learn, bytes included (one per byte value); EOT comes on top
     out: str = "out/tokenizer.tiktoken"  # where to write the rank file
-    verbose: int = 100               # print a progress line every this many merges (0: silent)
+    verbose: int = bounded(100, min=0)  # print a progress line every this many merges (0: silent)
 
 
 def train_tokenizer(config: TokenizerConfig) -> str:
-    """Train on config.input, write config.out, and return the rank file's fingerprint."""
+    """Train on config.input, write config.out, and return the rank file's fingerprint. Every flag, the input and
+    the output path are checked before the training starts."""
+    validate(config)  # the command line did already; a notebook's TokenizerConfig(...) did not
+    if not config.input.strip():
+        raise UserError("--input is empty: give a .txt or .jsonl file of training text")
+    check_output(config.out, "out", is_dir=False)
     text = read_training_text(config.input)
-    ranks = train_bpe(text, config.vocab_size, verbose=config.verbose)
+    if not text.strip():
+        raise UserError(f"{config.input}: no training text in it")
+    try:
+        ranks = train_bpe(text, config.vocab_size, verbose=config.verbose)
+    except UserError as e:  # "text too small": say which text
+        raise UserError(f"{config.input}: {e}") from None
     save_ranks(ranks, config.out)
     print(f"wrote {config.out}: {len(ranks)} ranks + EOT, fingerprint {fingerprint(config.out)}")
     return fingerprint(config.out)

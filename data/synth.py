@@ -27,11 +27,11 @@ class Difficulty:
     max_result: int = 999     # cap on every intermediate and final result
     p_canonical: float = 0.8  # chance that the reference chain is the canonical one; else another, uniformly
 
-    def __post_init__(self):
-        if not (1 <= self.min_steps <= self.max_steps and self.max_factor >= 2 and self.max_number >= 5
-                and self.max_result >= 10 and 0.0 <= self.p_canonical <= 1.0):
-            raise ValueError(f"need 1 <= min_steps <= max_steps, max_factor >= 2, max_number >= 5, max_result >= 10 "
-                             f"and 0 <= p_canonical <= 1; got {self}")
+    def __post_init__(self):  # which rule is broken: a wrong step range names train_sft.py's flags for it
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps (--min_chain_steps, --max_chain_steps): {self}")
+        if not (self.max_factor >= 2 and self.max_number >= 5 and self.max_result >= 10 and 0 <= self.p_canonical <= 1):
+            raise ValueError(f"need max_factor >= 2, max_number >= 5, max_result >= 10, 0 <= p_canonical <= 1: {self}")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from configurator import UserError, bounded, config_to_dict, format_help, main, parse_args, validate
+from configurator import UserError, bounded, check_output, config_to_dict, format_help, main, parse_args, validate
 
 
 @dataclass
@@ -242,3 +242,30 @@ def test_help_shows_the_ranges():
     lines = format_help(Bounded).splitlines()
     assert "  --steps=int  (default: 10)  [>= 1]  # optimiser steps" in lines
     assert "  --lr=float  (default: 0.001)  [> 0, <= 1.0]  # learning rate" in lines
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_check_output_refuses_unusable_paths_and_leaves_nothing_behind(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    before = _tree(tmp_path)
+    for path, flag, is_dir, expected in [
+        ("", "out_dir", True, "--out_dir is empty"),
+        ("  ", "out", False, "--out is empty"),
+        (tmp_path / "a_file" / "sub", "out_dir", True, "a_file is a regular file, not a directory"),
+        (tmp_path / "a_file", "out_dir", True, "a_file: a regular file, not a directory"),
+        (tmp_path / "a_dir", "out", False, "a_dir: a directory, not a file"),
+        ("/proc/nanoaft_check_output/sub", "out", False, "--out=/proc/nanoaft_check_output/sub: cannot write in /proc"),
+    ]:
+        with pytest.raises(UserError) as info:
+            check_output(path, flag, is_dir)
+        assert expected in str(info.value) and "\n" not in str(info.value)
+    # usable paths: nothing is created, not even the missing directories
+    assert check_output(tmp_path / "new" / "run", "out_dir") == tmp_path / "new" / "run"
+    assert check_output(tmp_path / "a_dir", "out_dir") == tmp_path / "a_dir"
+    assert check_output(tmp_path / "a_file", "out", is_dir=False) == tmp_path / "a_file"
+    assert check_output(tmp_path / "a_dir" / "f.json", "out", is_dir=False) == tmp_path / "a_dir" / "f.json"
+    assert _tree(tmp_path) == before

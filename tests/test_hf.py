@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from configurator import UserError  # noqa: E402
 from hf import ExportConfig, config_from_hf, convert, export, from_pretrained, hf_config, save_pretrained  # noqa: E402
-from model import GPT, ModelConfig, load_model  # noqa: E402
+from model import GPT, ModelConfig, load_model, save_model  # noqa: E402
 from tokenizer import load_tokenizer, save_ranks  # noqa: E402
 
 VOCAB, CONTEXT = 300, 64
@@ -394,3 +394,24 @@ def test_broken_hf_files_are_one_line_naming_them(saved, tmp_path, name, content
     with pytest.raises(UserError, match=message) as error:
         convert(hf_dir, tmp_path / "out")
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"ckpt": ""}, "--ckpt is empty"),
+    ({"out": ""}, "--out is empty"),
+    ({"out": "{tmp}/a_file/sub"}, "a_file is a regular file, not a directory"),
+    ({"out": "/proc/nanoaft_export"}, "--out=/proc/nanoaft_export: cannot write"),
+    ({"out": "{model}"}, "holds a nanoAFT model"),  # exporting over the model itself would ruin its config.json
+    ({"max_shard_size": -1}, "--max_shard_size=-1: must be at least 0"),
+    ({"source": "{tmp}/no_such_hf"}, "--source=.*no_such_hf: no such directory"),
+])
+def test_export_refuses_bad_flags_before_reading_the_model(tmp_path, settings, message):
+    model_dir = tmp_path / "model"
+    save_model(GPT(ModelConfig(vocab_size=VOCAB, block_size=CONTEXT, n_layer=1, n_head=2, n_embd=16)), model_dir)
+    (tmp_path / "a_file").write_text("x")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    args = {"ckpt": str(model_dir), "out": str(tmp_path / "exported"),
+            **{k: v.format(tmp=tmp_path, model=model_dir) if isinstance(v, str) else v for k, v in settings.items()}}
+    with pytest.raises(UserError, match=message) as error:
+        export(ExportConfig(**args))
+    assert "\n" not in str(error.value) and sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -173,6 +173,9 @@ def test_config_defaults_and_param_count():
     assert num_params(model, non_embedding=True) == 3 * per_block + C
     with pytest.raises(UserError, match="n_kv_head"):
         ModelConfig(n_head=4, n_kv_head=3)
+    with pytest.raises(UserError, match="n_embd=30 is not divisible by n_head=4"):  # not "an even head_dim, got 7"
+        ModelConfig(n_embd=30, n_head=4)
+    assert ModelConfig(n_embd=30, n_head=4, head_dim=8).head_dim == 8  # an explicit head_dim need not divide it
 
 
 @pytest.mark.parametrize("family", FAMILIES)

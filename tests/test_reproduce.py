@@ -1,6 +1,7 @@
 """reproduce.py: the mean +- std table, and a miniature end-to-end run that is resumable."""
 
 import json
+import re
 
 import pytest
 
@@ -27,6 +28,41 @@ def test_paired_difference_to_the_same_seeds_vft():
 def test_unknown_method_is_refused():
     with pytest.raises(UserError, match="aft_xx"):
         reproduce.run(reproduce.Config(methods="vft,aft_xx"))
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"vft_steps": 0}, "--vft_steps=0: must be at least 1"),
+    ({"beta": float("nan")}, "--beta=nan: must be a finite number"),
+    ({"eval_split": "train"}, "--eval_split=train: choose one of test, val"),
+    ({"seeds": ""}, "--seeds is empty"),
+    ({"seeds": "0,x"}, "--seeds=0,x: 'x' is not an integer"),
+    ({"seeds": "1,-2"}, "seed -2 is negative"),
+    ({"seeds": "1,1"}, "1 is given twice"),
+    ({"methods": " , "}, "--methods is empty"),
+    ({"out_dir": ""}, "--out_dir is empty"),
+    ({"out_dir": "{tmp}/a_file/sub"}, "a_file is a regular file"),
+    ({"out_dir": "{tmp}/a_file"}, "a_file: a regular file, not a directory"),
+])
+def test_bad_settings_are_refused_before_anything_is_trained_or_written(tmp_path, settings, expected):
+    (tmp_path / "a_file").write_text("x")
+    settings = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in settings.items()}
+    cfg = reproduce.Config(**{"out_dir": str(tmp_path / "rep"), **settings})
+    with pytest.raises(UserError, match=re.escape(expected)):
+        reproduce.run(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_learning_rate_below_the_default_floor_lowers_the_floor(tmp_path):
+    cfg = reproduce.Config(learning_rate=1e-6, out_dir=str(tmp_path / "rep"))
+    acfg = reproduce.align_config(cfg, "aft_bc", 0, "vft", "c.jsonl", reproduce.Path("out"))
+    assert acfg.min_lr == 1e-6
+    assert reproduce.check_config(cfg)[1] == [0, 1, 2]
+
+
+def test_a_results_file_that_is_not_ours_is_named(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(UserError, match="results.json"):
+        reproduce.load_results(tmp_path / "results.json")
 
 
 def test_miniature_run_is_resumable(tmp_path, capsys):

@@ -202,6 +202,33 @@ def test_train_tokenizer_from_jsonl(tmp_path, capsys):
         train_tokenizer(TokenizerConfig(input=str(data), out=out, verbose=0))
 
 
+
+@pytest.mark.parametrize("settings, message", [
+    ({"verbose": -1}, "--verbose=-1: must be at least 0"),
+    ({"vocab_size": 100}, "--vocab_size=100: must be at least 256"),
+    ({"input": ""}, "--input is empty"),
+    ({"input": "{tmp}/empty.txt"}, r"empty\.txt: no training text"),
+    ({"input": "{tmp}/tiny.txt", "vocab_size": 300}, r"tiny\.txt: text too small"),
+    ({"input": "{tmp}"}, "a directory, not a text file"),
+    ({"input": "{tmp}/latin1.txt"}, r"latin1\.txt: not UTF-8"),
+    ({"out": "{tmp}/a_file/tok.tiktoken"}, "a_file is a regular file, not a directory"),
+    ({"out": "/proc/nanoaft_tokenizer/tok.tiktoken"}, "cannot write in /proc"),
+    ({"out": "{tmp}"}, "a directory, not a file"),
+])
+def test_train_tokenizer_refuses_bad_settings_before_training(tmp_path, settings, message):
+    (tmp_path / "text.txt").write_text(TEXT)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "tiny.txt").write_text("ab")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "a_file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    args = {"input": str(tmp_path / "text.txt"), "out": str(tmp_path / "out" / "tok.tiktoken"), "verbose": 0,
+            "vocab_size": 260, **{k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in settings.items()}}
+    with pytest.raises(UserError, match=message) as error:
+        train_tokenizer(TokenizerConfig(**args))
+    assert "\n" not in str(error.value) and sorted(tmp_path.rglob("*")) == before
+
+
 # -----------------------------------------------------------------------------
 # nanoAFT's tokenizer files: tokenizer.tiktoken + tokenizer_info.json
 
@@ -264,11 +291,13 @@ def broken_files(tmp_path, ranks):
         ("bad pattern", {"tokenizer_info.json": json.dumps(info | {"pattern": "(["})},
          r"tokenizer_info\.json: 'pattern' is not a valid regular expression"),
         ("eot not special", {"tokenizer_info.json": json.dumps(info | {"eot_token": "</s>"})},
-         r"end-of-text token '</s>' is not one of the special tokens"),
+         r"tokenizer_info\.json: 'eot_token' '</s>' is not one of its special_tokens"),
+        ("bos not special", {"tokenizer_info.json": json.dumps(info | {"bos_token": "<s>"})},
+         r"tokenizer_info\.json: 'bos_token' '<s>' is not one of its special_tokens"),
         ("id not an int", {"tokenizer_info.json": json.dumps(info | {"special_tokens": {EOT: "400"}})},
          r"tokenizer_info\.json: 'special_tokens' must map"),
         ("id of a rank", {"tokenizer_info.json": json.dumps(info | {"special_tokens": {EOT: 7}})},
-         r"special token id 7 is also the rank of an ordinary token"),
+         r"tokenizer_info\.json: special token id 7 is also the rank of an ordinary token"),
         ("unknown field", {"tokenizer_info.json": json.dumps(info | {"eos": 1})}, r"unknown field\(s\) eos"),
         ("bad normalizer", {"tokenizer_info.json": json.dumps(info | {"normalizer": "NFKC"})}, r"'NFKC'"),
     ]
