@@ -1,11 +1,7 @@
-"""Tasks as lists of GSM8K-format records {"question", "answer"}, and the one prompt format.
-
-A training example is the prompt `format_prompt(question)` followed by the completion: the answer text,
-then the end-of-text token (the tokenizer appends it; only the completion is ever scored).
-
-load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k" or "aqua", data_dir) reads
-GSM8K's or AQuA-RAT's files, which are never downloaded here (no network at run time).
-"""
+"""Tasks as lists of GSM8K-format records {"question", "answer"}, and the one prompt format: a training example
+is `format_prompt(question)` followed by the completion, the answer text and then the end-of-text token (only the
+completion is ever scored). synth is generated (data/synth.py); gsm8k and aqua are read from data_dir, never
+downloaded (no network at run time)."""
 
 import json
 from dataclasses import dataclass, fields
@@ -83,10 +79,9 @@ def load_jsonl(path):
 
 
 def load_aqua(path):
-    """AQuA-RAT records (question, five options "A)..".."E)..", rationale, correct letter) as GSM8K-format ones:
-    the question is followed by its options, one a line, so the prompt shows them; the answer is the rationale
-    as written (it often ends "Answer is C" already) and then GSM8K's final line `#### C`, so extraction,
-    grading and the majority vote work unchanged."""
+    """AQuA-RAT records (question, options "A)..".."E)..", rationale, correct letter) as GSM8K-format ones: the
+    question followed by its options, one a line, so the prompt shows them; the answer is the rationale as written
+    and then GSM8K's final line `#### C`, so extraction, grading and the majority vote work unchanged."""
     records = []
     for where, record in _read_objects(path, ("question", "options", "rationale", "correct")):
         options = record["options"]
@@ -101,11 +96,10 @@ def load_aqua(path):
 
 def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=None, n_test=None,
               difficulty=synth.Difficulty()):
-    """Splits {"train", "val", "test"} of GSM8K-format records. synth: drawn by synth.make_splits under `seed`
-    (n_train, n_val, n_test default to 20,000, 500, 1,000). gsm8k: data_dir/train.jsonl and test.jsonl, val the
-    last n_val (500) training records. aqua: data_dir/dev.json trains (AQuA-RAT's 97k-problem train.json is not
-    used), its last tenth is val; test.json. val is a file's tail, so deterministic; n_train and n_test keep
-    only the first records."""
+    """Splits {"train", "val", "test"} of GSM8K-format records. synth: synth.make_splits under `seed` (n_train,
+    n_val, n_test default to 20,000, 500, 1,000). gsm8k: data_dir/train.jsonl, test.jsonl, val the last n_val (500)
+    training records. aqua: data_dir/dev.json trains (not AQuA-RAT's 97k-problem train.json), its last tenth is val;
+    test.json. val is a file's tail, so deterministic; n_train and n_test keep only the first records."""
     if name == "synth":
         return synth.make_splits(20_000 if n_train is None else n_train, 500 if n_val is None else n_val,
                                  1_000 if n_test is None else n_test, seed, difficulty)
@@ -137,14 +131,12 @@ def task_from_config(config):
 
 
 def run_config(model_dir):
-    """The training config saved with the checkpoint in `model_dir` (its trainer.json), or {} when there is none
-    (a Hugging Face model, a model saved on its own)."""
+    """The training config saved with the checkpoint in `model_dir` (trainer.json), or {} (a model saved alone)."""
     trainer = Path(model_dir) / "trainer.json"
     return json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
 
 
 def run_task(model_dir, dataset="synth", data_dir=""):
-    """The task the checkpoint in `model_dir` was trained on (its saved config says which), so that
-    candidates and evaluations use the same training and test questions. A directory without a training
-    config falls back to the given dataset and data_dir."""
+    """The task the checkpoint in `model_dir` was trained on, so that candidates and evaluations use its training
+    and test questions; without a saved training config, the given dataset and data_dir."""
     return task_from_config(run_config(model_dir) or {"dataset": dataset, "data_dir": data_dir})
