@@ -7,8 +7,8 @@ Step 3 of AFT: continue training the VFT model on its own candidate groups with 
     torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (compute.py)
 
 Each step scores the candidates (gold chain + unique samples) of `batch_size` questions in one forward and
-minimises the mean over questions of L_NLL + lambda L_CA (aft*), L_NLL (rft, vft) or a baseline (rrhf, pro, dpo;
-+ the boundary term with bc) (docs/method.md); the end prints the VFT and aligned models' metrics side by side.
+minimises the mean over questions of L_NLL + lambda L_CA (aft, aft_rank), L_NLL (rft, vft) or a baseline (rrhf,
+pro, dpo) plus, with bc, the boundary term (docs/method.md). The end prints both models' metrics side by side.
 """
 
 import json
@@ -75,7 +75,7 @@ def check_config(cfg):
 
 
 def ensure_prerequisites(cfg):
-    """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing."""
+    """The VFT run and its candidate groups: reused when present, built (with a note) if missing at the defaults."""
     if not has_checkpoint(cfg.vft):
         compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)", flush=True)
         train_sft.train(train_sft.Config(out_dir=cfg.vft))
