@@ -6,11 +6,9 @@ Step 3 of AFT: continue training the VFT model on its own candidate groups with 
     python train_align.py --loss=dpo --constraint=bc --beta_dpo=0.1
     torchrun --standalone --nproc_per_node=8 train_align.py --grad_accum=2 ...   # several GPUs (compute.py)
 
-Every step scores `batch_size` questions' candidates (gold chain + unique samples) in one batched forward
-(s = mean log-prob of a chain, S = its sum) and minimises the mean over questions of (docs/method.md)
-    L_NLL + lambda * L_CA (aft, aft_rank) | L_NLL on gold + positives (rft) | L_NLL on gold (vft, the control)
-    RRHF / PRO / DPO, plus the boundary term with --constraint=bc (rrhf, pro, dpo)
-It ends by printing the metrics of the VFT model and the aligned model side by side.
+Each step scores the candidates (gold chain + unique samples) of `batch_size` questions in one forward and
+minimises the mean over questions of L_NLL + lambda L_CA (aft, aft_rank), L_NLL (rft, vft) or a baseline (rrhf,
+pro, dpo) plus, with bc, the boundary term (docs/method.md). The end prints both models' metrics side by side.
 """
 
 import json
@@ -24,17 +22,14 @@ import candidates as cands
 import compute
 import losses
 import train_sft
-from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training,
-                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
+from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir,
+                        restore_training, resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main
-from data.dataset import run_config, run_task
-from evaluate import Config as EvalConfig
-from evaluate import evaluate_model, format_table, group_assessment
+from data.dataset import TASK_FIELDS, run_config, run_task
+from evaluate import Config as EvalConfig, evaluate_model, format_table, group_assessment
 from sequences import collate, encode_pair
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
-DEFAULT_CONSTRAINT = {"aft": "bc", "aft_rank": "bc"}  # the others: none, their published form
-DEFAULT_VFT = "out/vft"  # only this VFT run (and its candidates) is built when missing; another path must exist
 
 
 @dataclass
@@ -45,7 +40,7 @@ class Config(train_sft.TrainConfig):
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
     lam: float = bounded(1.0, min=0)  # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
     nll_on: str = field(default="positives", metadata={"choices": ("positives", "gold")})  # L_NLL's chains [ours]
-    vft: str = DEFAULT_VFT          # VFT run directory (built when missing only at the default path)
+    vft: str = "out/vft"            # VFT run directory; only this default one is built when missing (a typo is not)
     candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl (built when missing)
     n_questions: int = bounded(1200, min=1)  # training questions to sample candidates for
     k: int = bounded(8, min=1)      # samples per question
@@ -66,13 +61,13 @@ class Config(train_sft.TrainConfig):
 
 def check_config(cfg):
     """The config with its defaults resolved (constraint, out_dir), or a UserError; `cfg` itself is not changed."""
-    constraint = cfg.constraint or DEFAULT_CONSTRAINT.get(cfg.loss, "none")
+    constraint = cfg.constraint or ("bc" if cfg.loss in ("aft", "aft_rank") else "none")  # baselines: as published
     suffix = "" if cfg.loss in ("vft", "rft") else f"-{constraint}"
     resolved = replace(cfg, constraint=constraint, out_dir=cfg.out_dir or f"out/align-{cfg.loss}{suffix}")
     train_sft.check_config(resolved)
     if cfg.loss in ("vft", "rft") and constraint != "none":
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
-    if cfg.vft != DEFAULT_VFT and not has_checkpoint(cfg.vft):
+    if cfg.vft != Config.vft and not has_checkpoint(cfg.vft):
         raise UserError(f"--vft={cfg.vft}: no VFT checkpoint there (python train_sft.py --out_dir={cfg.vft})")
     if cfg.candidates and not Path(cfg.candidates).is_file():
         raise UserError(f"--candidates={cfg.candidates}: no such file (python candidates.py --ckpt={cfg.vft})")
@@ -80,8 +75,7 @@ def check_config(cfg):
 
 
 def ensure_prerequisites(cfg):
-    """The VFT checkpoint and its candidate groups: reused when present, built (with a note) when missing at the
-    default paths."""
+    """The VFT run and its candidate groups: reused when present, built (with a note) if missing at the defaults."""
     if not has_checkpoint(cfg.vft):
         compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)", flush=True)
         train_sft.train(train_sft.Config(out_dir=cfg.vft))
@@ -94,10 +88,9 @@ def ensure_prerequisites(cfg):
     return cands.load_groups(path, cfg.vft)
 
 
-def group_batch(groups, enc, max_candidates, device):
+def group_batch(groups, enc, K, device):
     """One step's tensors over B groups of at most K candidates: (idx, targets, mask) over the real candidates only
     (no padding rows are computed), and (B, K) tensors valid, correct, grades, gold, ref_logps (the VFT model's S)."""
-    K = max_candidates
     pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g in groups for c in g["candidates"][:K]]
     info = {name: torch.zeros(len(groups), K) for name in ("valid", "correct", "grades", "gold", "ref_logps")}
     for b, group in enumerate(groups):
@@ -146,11 +139,9 @@ def score_stats(scores, valid, correct):
 
 def metrics_of(model, enc, test, train_groups, cfg):
     """Test metrics plus A-Acc on the (already seen) training groups."""
+    config = EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens)
     with compute.autocast(next(model.parameters()).device, cfg.dtype):
-        settings = EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions,
-                              max_new_tokens=cfg.max_new_tokens)
-        metrics = evaluate_model(model, enc, test, settings)
-        return {**metrics, **group_assessment(model, enc, train_groups)}
+        return {**evaluate_model(model, enc, test, config), **group_assessment(model, enc, train_groups)}
 
 
 def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
@@ -165,24 +156,21 @@ def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     return metrics
 
 
-RESUME_MUST_MATCH = ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta")
-
-
 def train(cfg):
     """Align the VFT model with cfg.loss; returns the history (train records and final metrics). Under torchrun
     every process trains its share of each batch; only rank 0 prints, saves and evaluates."""
     cfg = check_config(cfg)
     device = compute.init(cfg.device)
     compute.check(cfg)
-    resumed = resume_or_start(cfg.out_dir, cfg, "align", RESUME_MUST_MATCH, device)  # reads only
+    must_match = ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta")
+    resumed = resume_or_start(cfg.out_dir, cfg, "align", must_match, device)  # reads only
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     groups, header = ensure_prerequisites(cfg)
     enc, vft_dir = load_tokenizer_of(cfg.vft), find_checkpoint(cfg.vft)
-    task = {key: value for key, value in run_config(vft_dir).items() if key in train_sft.TASK_FIELDS}
-    state = {"step": 0, "history": {"train": []}}
+    task = {key: value for key, value in run_config(vft_dir).items() if key in TASK_FIELDS}  # saved with the run
     seed_rng(cfg.seed)
-    model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], state)
+    model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], {"step": 0, "history": {"train": []}})
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
                 f"{compute.world_size()} process(es), steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}")
     model, trainee = compute.prepare(model, cfg, device)  # DDP / FSDP, activation checkpointing, compile
@@ -196,12 +184,9 @@ def train(cfg):
                      "candidates_fingerprint": header["fingerprint"]}
         return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
-    model.train()
     start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
     for step in range(start, last):
         lr = train_sft.learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
         loss, parts, seen = 0.0, {}, []
         for m, micro in enumerate(compute.micro_batches(batch, cfg.grad_accum)):  # the whole batch in one process
@@ -219,7 +204,7 @@ def train(cfg):
             for name, value in question_parts.items():
                 parts[name] = parts.get(name, 0.0) + value.detach().sum() / cfg.batch_size
             seen.append(torch.stack([scores.detach(), info["valid"].float(), info["correct"].float()], dim=-1))
-        loss = train_sft.apply_gradients(model, optimizer, cfg, step, loss)
+        loss = train_sft.apply_gradients(model, optimizer, cfg, step, loss, lr)
 
         done = step + 1
         if done % cfg.log_every == 0 or done == last:  # every rank: the sums below are collectives

@@ -1,14 +1,11 @@
 """
-Step 1 of AFT: vanilla fine-tuning (VFT) on chain-of-thought data, with the paper's token-level NLL on the COT
-(prompt masked): L_VFT = -(1/|c|) sum_j log p(c_j | q, c_<j), averaged over the batch [paper] (docs/method.md).
-A fresh small LLaMA-style model over the --tokenizer rank file, or `--init_from=DIR`: a nanoAFT run or model, or a
-Hugging Face model (converted once into <out_dir>/init), with its own tokenizer and context length.
+Step 1 of AFT: vanilla fine-tuning (VFT) on chain-of-thought data with the token-level NLL of the COT (prompt
+masked), L_VFT = -(1/|c|) sum_j log p(c_j | q, c_<j), averaged over the batch [paper] (docs/method.md).
 
-    python train_sft.py                                  # the built-in task on a laptop CPU
+    python train_sft.py                                  # a fresh small model, the built-in task, a laptop CPU
     python train_sft.py --resume                         # continue a stopped run exactly
     torchrun --standalone --nproc_per_node=8 train_sft.py --parallel=fsdp ...   # several GPUs (compute.py)
-
-From Python (a notebook): `history = train(Config(max_steps=100))`.
+    history = train(Config(max_steps=100))               # from Python (a notebook)
 """
 
 import math
@@ -22,14 +19,12 @@ import compute
 from checkpoint import (load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training, resume_or_start,
                         save_run, seed_rng, unlock_run_dir, whole_model)
 from configurator import UserError, bounded, config_to_dict, main, validate
-from data.dataset import task_from_config
+from data.dataset import TASK_FIELDS, TaskConfig, task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob, nll_loss, sequence_logprobs
 from model import GPT, ModelConfig, num_params
 from sequences import collate, encode_pair, fits, score_pairs
 from tokenizer import load_tokenizer
-
-REPO = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -59,17 +54,9 @@ class TrainConfig:  # what every trainer shares (train_align.Config extends it w
 
 
 @dataclass
-class Config(TrainConfig):
-    dataset: str = "synth"          # "synth": the built-in generated task; "gsm8k": train/test jsonl in data_dir
-    data_dir: str = ""              # directory holding train.jsonl and test.jsonl (gsm8k)
-    n_train: int = bounded(30000, min=1)  # generated training problems (synth)
-    data_seed: int = bounded(0, min=0)  # seed of the generated task (the same task for every training seed)
-    min_chain_steps: int = bounded(2, min=1)  # difficulty (synth): fewest reasoning steps per problem
-    max_chain_steps: int = bounded(4, min=1)  # difficulty (synth): most reasoning steps per problem
-    max_factor: int = bounded(12, min=2)  # difficulty (synth): largest multiplier, divisor, price or count
-    max_number: int = bounded(40, min=2)  # difficulty (synth): largest amount that is only added or subtracted
+class Config(TaskConfig, TrainConfig):  # the fields of TrainConfig, then TaskConfig's (data/dataset.py), then these
     tokenizer: str = "data/tokenizer.tiktoken"  # BPE rank file of a fresh model (init_from brings its own)
-    init_from: str = ""             # "" = a fresh model; else a run or model directory (nanoAFT or Hugging Face)
+    init_from: str = ""             # "" = a fresh model; a nanoAFT run/model or a Hugging Face one (-> out_dir/init)
     n_layer: int = bounded(4, min=1)  # transformer blocks (fresh model)
     n_head: int = bounded(4, min=1)  # attention heads (fresh model)
     n_embd: int = bounded(128, min=1)  # width (fresh model)
@@ -80,7 +67,7 @@ class Config(TrainConfig):
 
 def resolve(path):
     """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
-    return Path(path) if Path(path).is_absolute() or Path(path).exists() else REPO / path
+    return Path(path) if Path(path).is_absolute() or Path(path).exists() else Path(__file__).resolve().parent / path
 
 
 def check_config(cfg):
@@ -118,38 +105,28 @@ def make_optimizer(model, cfg, device):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=device.startswith("cuda"))
 
 
-def apply_gradients(model, optimizer, cfg, step, loss):
-    """Clip and take the optimiser step; returns the step's loss summed over processes. A non-finite loss or
-    gradient norm stops the run before the step, so the last checkpoint stays the last good one."""
+def apply_gradients(model, optimizer, cfg, step, loss, lr):
+    """Clip and take the optimiser step at learning rate lr; returns the step's loss summed over processes. A
+    non-finite loss or gradient norm stops the run before the step, so the last checkpoint stays the last good one."""
     norm = float(compute.clip_grad_norm(model, cfg.grad_clip or math.inf))
     loss = compute.sum_across(loss.detach().float().cpu()).item()
     if not math.isfinite(loss + norm):
         raise UserError(f"step {step + 1}: loss {loss}, gradient norm {norm}: training diverged (a lower "
                         f"--learning_rate?); stopped, the last checkpoint in {cfg.out_dir} is kept")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
-
-
-def encode_fitting(enc, examples, block_size):
-    """(prompt, COT) token pairs of the examples that fit in the model's context; the others are left out."""
-    return [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples) if fits(p, block_size)]
 
 
 def format_seconds(seconds):
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
-def progress(t0, done, left):
-    """'elapsed m:ss | eta m:ss' after `done` steps since t0 with `left` to go."""
+def progress(t0, done, left):  # "elapsed m:ss | eta m:ss" after `done` steps since t0, `left` to go
     elapsed = time.time() - t0
     return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
-
-
-# the config fields that say which task a run trains on (data.dataset.task_from_config reads them)
-TASK_FIELDS = ("dataset", "data_dir", "n_train", "data_seed", "min_chain_steps", "max_chain_steps", "max_factor",
-               "max_number")
-RESUME_MUST_MATCH = ("max_steps", "batch_size", "seed", "learning_rate") + TASK_FIELDS
 
 
 def train(cfg):
@@ -159,7 +136,8 @@ def train(cfg):
     device = compute.init(cfg.device)
     compute.check(cfg)
     task = task_from_config(config_to_dict(cfg))
-    resumed = resume_or_start(cfg.out_dir, cfg, "sft", RESUME_MUST_MATCH, device)  # reads only
+    must_match = ("max_steps", "batch_size", "seed", "learning_rate") + TASK_FIELDS  # else another run
+    resumed = resume_or_start(cfg.out_dir, cfg, "sft", must_match, device)  # reads only
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     seed_rng(cfg.seed)
@@ -172,8 +150,9 @@ def train(cfg):
         enc = load_tokenizer(resolve(cfg.tokenizer))
         model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                 block_size=cfg.block_size)).to(device)
-    pairs = {"train": encode_fitting(enc, task["train"], model.config.block_size),
-             "val": encode_fitting(enc, task["val"][:cfg.eval_examples], model.config.block_size)}
+    pairs = {split: [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples)
+                     if fits(p, model.config.block_size)]  # (prompt, COT) pairs; what does not fit is left out
+             for split, examples in (("train", task["train"]), ("val", task["val"][:cfg.eval_examples]))}
     if not pairs["train"] or not pairs["val"]:
         raise UserError(f"no training or validation pair fits in the model's block_size {model.config.block_size}")
     compute.log(f"VFT: {num_params(model):,} parameters, {len(pairs['train']):,} of {len(task['train']):,} training "
@@ -191,8 +170,6 @@ def train(cfg):
     start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
     for step in range(start, last):
         lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch = [pairs["train"][i] for i in batch_indices(step, cfg.batch_size, len(pairs["train"]), cfg.seed)]
         loss = 0.0
         for m, micro in enumerate(compute.micro_batches(batch, cfg.grad_accum)):  # the whole batch in one process
@@ -203,7 +180,7 @@ def train(cfg):
                 micro_loss = nll_loss(scores, torch.ones_like(scores, dtype=torch.bool)).sum() / cfg.batch_size
                 micro_loss.backward()  # gradients of micro-batches (and processes) add up to the batch mean's
             loss += micro_loss.detach()
-        loss = apply_gradients(model, optimizer, cfg, step, loss)
+        loss = apply_gradients(model, optimizer, cfg, step, loss, lr)
 
         done = step + 1
         if done % cfg.log_every == 0 or done == last:

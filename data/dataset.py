@@ -1,22 +1,34 @@
-"""Tasks as lists of GSM8K-format records {"question", "answer"}, and the one prompt format.
-
-A training example is the prompt `format_prompt(question)` followed by the completion: the answer text,
-then the end-of-text token (the tokenizer appends it; only the completion is ever scored).
-
-load_task("synth") builds the built-in task (data/synth.py); load_task("gsm8k" or "aqua", data_dir) reads
-GSM8K's or AQuA-RAT's files, which are never downloaded here (no network at run time).
-"""
+"""Tasks as lists of GSM8K-format records {"question", "answer"}, and the one prompt format: a training example
+is `format_prompt(question)` followed by the completion, the answer text and then the end-of-text token (only the
+completion is ever scored). synth is generated (data/synth.py); gsm8k and aqua are read from data_dir, never
+downloaded (no network at run time)."""
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from configurator import UserError
+from configurator import UserError, bounded
 from data import synth
 from data.answers import extract_answer
 
 TASKS = ("synth", "gsm8k", "aqua")
 FILES = {"gsm8k": ("train.jsonl", "test.jsonl"), "aqua": ("dev.json", "test.json")}
 LETTERS = "ABCDE"
+
+
+@dataclass
+class TaskConfig:  # the task a run trains on (train_sft.Config's, saved with the run; task_from_config reads it)
+    dataset: str = "synth"          # "synth": the built-in generated task; "gsm8k", "aqua": files in data_dir
+    data_dir: str = ""              # folder of the task files (gsm8k: train/test.jsonl; aqua: dev/test.json)
+    n_train: int = bounded(30000, min=1)  # generated training problems (synth)
+    data_seed: int = bounded(0, min=0)  # seed of the generated task (the same task for every training seed)
+    min_chain_steps: int = bounded(2, min=1)  # difficulty (synth): fewest reasoning steps per problem
+    max_chain_steps: int = bounded(4, min=1)  # difficulty (synth): most reasoning steps per problem
+    max_factor: int = bounded(12, min=2)  # difficulty (synth): largest multiplier, divisor, price or count
+    max_number: int = bounded(40, min=2)  # difficulty (synth): largest amount that is only added or subtracted
+
+
+TASK_FIELDS = tuple(f.name for f in fields(TaskConfig))
 
 
 def format_prompt(question):
@@ -67,10 +79,9 @@ def load_jsonl(path):
 
 
 def load_aqua(path):
-    """AQuA-RAT records (question, five options "A)..".."E)..", rationale, correct letter) as GSM8K-format ones:
-    the question is followed by its options, one a line, so the prompt shows them; the answer is the rationale
-    as written (it often ends "Answer is C" already) and then GSM8K's final line `#### C`, so extraction,
-    grading and the majority vote work unchanged."""
+    """AQuA-RAT records (question, options "A)..".."E)..", rationale, correct letter) as GSM8K-format ones: the
+    question followed by its options, one a line, so the prompt shows them; the answer is the rationale as written
+    and then GSM8K's final line `#### C`, so extraction, grading and the majority vote work unchanged."""
     records = []
     for where, record in _read_objects(path, ("question", "options", "rationale", "correct")):
         options = record["options"]
@@ -85,14 +96,10 @@ def load_aqua(path):
 
 def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=None, n_test=None,
               difficulty=synth.Difficulty()):
-    """Splits {"train", "val", "test"} of GSM8K-format records.
-
-    synth: drawn by synth.make_splits under `seed`; n_train, n_val and n_test default to 20,000, 500 and 1,000.
-    gsm8k: data_dir/train.jsonl and test.jsonl; val is the last n_val (500) training records.
-    aqua: AQuA-RAT's data_dir/dev.json and test.json. Its train.json (97k problems) is not in ../shared/data,
-    so the 254 dev problems are the training set, their last n_val (a tenth) are val, and test.json is test.
-    val is the end of the file's order, so it is deterministic; n_train and n_test keep only the first records.
-    """
+    """Splits {"train", "val", "test"} of GSM8K-format records. synth: synth.make_splits under `seed` (n_train,
+    n_val, n_test default to 20,000, 500, 1,000). gsm8k: data_dir/train.jsonl, test.jsonl, val the last n_val (500)
+    training records. aqua: data_dir/dev.json trains (not AQuA-RAT's 97k-problem train.json), its last tenth is val;
+    test.json. val is a file's tail, so deterministic; n_train and n_test keep only the first records."""
     if name == "synth":
         return synth.make_splits(20_000 if n_train is None else n_train, 500 if n_val is None else n_val,
                                  1_000 if n_test is None else n_test, seed, difficulty)
@@ -111,9 +118,8 @@ def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=None, 
 
 
 def task_from_config(config):
-    """The splits a training config describes. `config` is a dict (a saved run's config works too) with the
-    keys dataset, data_dir, data_seed, n_train and, for synth, min_chain_steps, max_chain_steps, max_factor
-    and max_number; missing keys take the defaults."""
+    """The splits a config dict with TaskConfig's keys describes (a saved run's config works too); a missing key
+    takes load_task's or synth.Difficulty's default."""
     names = {"min_chain_steps": "min_steps", "max_chain_steps": "max_steps", "max_factor": "max_factor",
              "max_number": "max_number"}  # the config's names of synth.Difficulty's fields
     try:
@@ -125,14 +131,12 @@ def task_from_config(config):
 
 
 def run_config(model_dir):
-    """The training config saved with the checkpoint in `model_dir` (its trainer.json), or {} when there is none
-    (a Hugging Face model, a model saved on its own)."""
+    """The training config saved with the checkpoint in `model_dir` (trainer.json), or {} (a model saved alone)."""
     trainer = Path(model_dir) / "trainer.json"
     return json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
 
 
 def run_task(model_dir, dataset="synth", data_dir=""):
-    """The task the checkpoint in `model_dir` was trained on (its saved config says which), so that
-    candidates and evaluations use the same training and test questions. A directory without a training
-    config falls back to the given dataset and data_dir."""
+    """The task the checkpoint in `model_dir` was trained on, so that candidates and evaluations use its training
+    and test questions; without a saved training config, the given dataset and data_dir."""
     return task_from_config(run_config(model_dir) or {"dataset": dataset, "data_dir": data_dir})

@@ -1,9 +1,9 @@
-import shutil
 """train_sft.py and sequences.py: prompt masking, a tiny end-to-end run, exact resume, and bad input that
 stops with a one-line error without touching an existing checkpoint."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
