@@ -26,10 +26,9 @@ from data.dataset import run_config, task_from_config
 from evaluate import check_writable, complete
 from sequences import encode_pair, fits, score_pairs
 
-NUMBER = (int, float)
 GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int, "samples_cut": int}
-CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": NUMBER, "gold": bool, "sum_logp": NUMBER,
-             "n_tokens": int}
+CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": (int, float), "gold": bool, "sum_logp": (int, float),
+             "n_tokens": int}  # (int, float): a JSON number
 
 
 @dataclass
@@ -116,9 +115,8 @@ def load_groups(path, model_dir):
 
 
 def summarize(groups):
-    """Shares that tell whether the groups carry a preference signal. Over the k raw samples of each question:
-    mixed_share (>= 1 right and >= 1 wrong), sample_accuracy, cut_share (cut at max_new_tokens); pair_share:
-    groups, gold included, with a (right, wrong) pair."""
+    """Do the groups carry a preference signal? Over the k raw samples of each question: mixed_share (>= 1 right,
+    >= 1 wrong), sample_accuracy, cut_share (cut at max_new_tokens); pair_share: groups with a (right, wrong) pair."""
     k, n = groups[0]["samples"], len(groups)
     right = [g["samples_correct"] for g in groups]
     return {"groups": n, "mean_unique_samples": sum(not c["gold"] for g in groups for c in g["candidates"]) / n,

@@ -88,10 +88,9 @@ def assessment_accuracy(scores, labels, valid):
     """A-Acc: fraction of (positive, negative) pairs of the same group with s_p > s_n, a tie counting half.
     scores, labels (1 = correct), valid: (B, K). Returns (accuracy or None when there is no pair, pair count)."""
     pairs = ((labels > 0) & valid)[:, :, None] & ((labels <= 0) & valid)[:, None, :]  # (B, K, K) (positive, negative)
-    diff = scores[:, :, None] - scores[:, None, :]  # (B, K, K) s_p - s_n
-    wins = ((diff > 0).float() + 0.5 * (diff == 0).float())[pairs]
-    n = int(pairs.sum())
-    return (wins.sum().item() / n if n else None), n
+    diff = (scores[:, :, None] - scores[:, None, :])[pairs]  # s_p - s_n of every pair
+    wins = (diff > 0).float() + 0.5 * (diff == 0).float()
+    return (wins.sum().item() / len(wins) if len(wins) else None), len(wins)
 
 
 def majority_vote(answers):
