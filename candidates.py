@@ -5,9 +5,8 @@ candidate's sum log-prob S under the VFT model (DPO's frozen reference, computed
 
     python candidates.py --ckpt=out/vft             # writes out/vft/candidates.jsonl
 
-One header line (the hashes of the model and tokenizer files that made the file, so that another model's file is
-refused; the settings; the run's task), then one group per line (GROUP, CANDIDATE). A sample cut at max_new_tokens
-has no final answer, so it counts as wrong: right for a loop, wrong for a merely long chain, hence the warning.
+A header line (the settings, the run's task, and the hashes of the model and tokenizer files that made it: another
+model's file is refused), then one group per line (GROUP, CANDIDATE). A chain cut at max_new_tokens counts as wrong.
 """
 
 import json
@@ -83,8 +82,10 @@ def problem(record, schema):
     if schema is CANDIDATE:
         ok = record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])
         return None if ok else "'ids' is not a non-empty list of token ids"
-    errors = (f"candidate {j}: {error}" for j, c in enumerate(record["candidates"]) if (error := problem(c, CANDIDATE)))
-    return next(errors, None if record["candidates"] else "a group without candidates")
+    for j, candidate in enumerate(record["candidates"]):
+        if error := problem(candidate, CANDIDATE):
+            return f"candidate {j}: {error}"
+    return None if record["candidates"] else "a group without candidates"
 
 
 def load_groups(path, model_dir):

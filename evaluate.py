@@ -128,8 +128,8 @@ def group_scores(model, enc, groups, batch_size=128):
     scores, correct, gold = torch.zeros(valid.shape), torch.zeros_like(valid), torch.zeros_like(valid)
     pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g, c in listed]
     scores[valid] = mean_logprob(*score_pairs(model, pairs, enc.eot_token, batch_size)).cpu()
-    correct[valid] = torch.tensor([c["correct"] for _, c in listed])
-    gold[valid] = torch.tensor([c["gold"] for _, c in listed])
+    correct[valid] = torch.tensor([c["correct"] for _, c in listed], dtype=torch.bool)
+    gold[valid] = torch.tensor([c["gold"] for _, c in listed], dtype=torch.bool)
     return scores, correct, gold, valid
 
 
