@@ -1,15 +1,12 @@
 """
-Step 2 of AFT (docs/method.md section 3): sample k chains of thought per training question from the VFT model,
-drop exact duplicates, label each right or wrong by its final answer, grade it (docs/method.md 5.2), add the gold
-chain as a positive, and store each candidate's sum log-prob S under the VFT model (DPO's frozen reference,
-computed once).
+Step 2 of AFT (docs/method.md section 3): sample k chains of thought per training question from the VFT model, drop
+exact duplicates, label and grade each (docs/method.md 5.2), add the gold chain as a positive, and store each
+candidate's sum log-prob S under the VFT model (DPO's frozen reference, computed once).
 
     python candidates.py --ckpt=out/vft             # writes out/vft/candidates.jsonl
 
-The file holds a header line (the hashes of the model and tokenizer files that made it, the settings and the run's
-task: another model's file is refused), then one group per line (GROUP and CANDIDATE below). A sample cut at
-max_new_tokens has no final answer, so it is a negative: right for a loop, wrong for a chain that was merely
-long, hence the warning when many are cut. Under torchrun each process samples every world_size-th question.
+A header line (the settings, the run's task, and the hashes of the model and tokenizer files that made it: another
+model's file is refused), then one group per line (GROUP, CANDIDATE). A chain cut at max_new_tokens counts as wrong.
 """
 
 import json
@@ -28,11 +25,9 @@ from data.dataset import run_config, task_from_config
 from evaluate import check_writable, complete
 from sequences import encode_pair, fits, score_pairs
 
-NUMBER = (int, float)
-GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int,
-         "samples_cut": int}
-CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": NUMBER, "gold": bool, "sum_logp": NUMBER,
-             "n_tokens": int}
+GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int, "samples_cut": int}
+CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": (int, float), "gold": bool, "sum_logp": (int, float),
+             "n_tokens": int}  # (int, float): a JSON number
 
 
 @dataclass
@@ -53,9 +48,7 @@ class Config:
 
 @torch.no_grad()
 def build_groups(model, enc, examples, k, temperature, max_new_tokens, batch_size=256, seed=0):
-    """One group per example: the gold chain first [ours], then the unique samples, each labelled, graded and
-    scored."""
-    model.eval()
+    """One group per example: the gold chain first [ours], then the unique samples; each labelled, graded, scored."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts, ids = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, k, temperature,
                           batch_size, generator, label=f"candidates: sampling {k} chains per question")
@@ -63,14 +56,12 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, batch_siz
     for i, ex in enumerate(examples):
         samples = list(zip(texts[i * k:(i + 1) * k], ids[i * k:(i + 1) * k]))
         prompt, gold_ids = encode_pair(enc, ex["question"], ex["answer"])
-        cands, seen = [{"ids": gold_ids, "text": ex["answer"], "gold": True}], {tuple(gold_ids)}
+        unique = {tuple(gold_ids): (ex["answer"], True)}  # an exact duplicate carries no extra preference information
         for text, sample_ids in samples:
-            if tuple(sample_ids) not in seen:  # an exact duplicate carries no extra preference information
-                seen.add(tuple(sample_ids))
-                cands.append({"ids": sample_ids, "text": text, "gold": False})
-        for c in cands:
-            c["correct"], c["grade"] = is_correct(c["text"], ex["answer"]), grade(c["text"], ex["answer"])
-            pairs.append((prompt, c["ids"]))
+            unique.setdefault(tuple(sample_ids), (text, False))
+        cands = [{"ids": list(key), "text": text, "gold": gold, "correct": is_correct(text, ex["answer"]),
+                  "grade": grade(text, ex["answer"])} for key, (text, gold) in unique.items()]
+        pairs += [(prompt, c["ids"]) for c in cands]
         groups.append({"question": ex["question"], "answer": ex["answer"], "candidates": cands,
                        "samples_correct": sum(is_correct(text, ex["answer"]) for text, _ in samples), "samples": k,
                        "samples_cut": sum(sample_ids[-1:] != [enc.eot_token] for _, sample_ids in samples)})
@@ -80,32 +71,21 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, batch_siz
     return groups
 
 
-def save_groups(path, groups, header):
-    """One header line, then one group per line; written to a temporary file and renamed into place."""
-    with open(f"{path}.tmp", "w") as f:
-        f.write(json.dumps(header) + "\n")
-        for group in groups:
-            f.write(json.dumps(group) + "\n")
-    os.replace(f"{path}.tmp", path)
-
-
 def problem(record, schema):
-    """What makes a JSON record unlike its schema {key: type}, or None. Numbers must be finite, a group's
-    candidates records of the CANDIDATE schema, a candidate's ids token ids."""
+    """What makes a JSON record unlike its schema (GROUP, CANDIDATE; numbers finite, ids token ids), or None."""
     if not isinstance(record, dict):
         return "not a JSON object"
     for key, kind in schema.items():
         value = record.get(key)
         if not isinstance(value, kind) or isinstance(value, float) and not math.isfinite(value):
             return f"'{key}' is missing or not a finite {getattr(kind, '__name__', 'number')}"
-    if schema is GROUP:
-        for j, candidate in enumerate(record["candidates"]):
-            if error := problem(candidate, CANDIDATE):
-                return f"candidate {j}: {error}"
-        return None if record["candidates"] else "a group without candidates"
-    if not (record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])):
-        return "'ids' is not a non-empty list of token ids"
-    return None
+    if schema is CANDIDATE:
+        ok = record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])
+        return None if ok else "'ids' is not a non-empty list of token ids"
+    for j, candidate in enumerate(record["candidates"]):
+        if error := problem(candidate, CANDIDATE):
+            return f"candidate {j}: {error}"
+    return None if record["candidates"] else "a group without candidates"
 
 
 def load_groups(path, model_dir):
@@ -136,9 +116,8 @@ def load_groups(path, model_dir):
 
 
 def summarize(groups):
-    """Shares that tell whether the groups carry a preference signal. Over the k raw samples of each question:
-    mixed_share (>= 1 right and >= 1 wrong), sample_accuracy, cut_share (cut at max_new_tokens); pair_share:
-    groups, gold included, with a (right, wrong) pair."""
+    """Do the groups carry a preference signal? Over the k raw samples of each question: mixed_share (>= 1 right,
+    >= 1 wrong), sample_accuracy, cut_share (cut at max_new_tokens); pair_share: groups with a (right, wrong) pair."""
     k, n = groups[0]["samples"], len(groups)
     right = [g["samples_correct"] for g in groups]
     return {"groups": n, "mean_unique_samples": sum(not c["gold"] for g in groups for c in g["candidates"]) / n,
@@ -176,8 +155,9 @@ def build(cfg):
     task = {"dataset": run.get("dataset", "synth"), "data_dir": run.get("data_dir") or ""}
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(replace(cfg, **task)),
               "summary": summarize(groups)}
-    if compute.is_main():
-        save_groups(path, groups, header)
+    if compute.is_main():  # written whole to a temporary file, then renamed into place
+        Path(f"{path}.tmp").write_text("".join(json.dumps(record) + "\n" for record in [header, *groups]))
+        os.replace(f"{path}.tmp", path)
     compute.barrier()  # the file exists for every rank from here on
     compute.log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)  # the one summary line
     if header["summary"]["cut_share"] > 0.05:

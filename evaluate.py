@@ -1,12 +1,7 @@
 """
-The metrics of docs/method.md section 8, for a checkpoint and a split of questions:
-- T-Acc: greedy-decoding accuracy (final answer exact match) [paper].
-- maj@k: majority vote over k sampled answers, ties to the answer reached first [paper metric; tie rule ours].
-- rerank@k: the answer of the sample with the highest s(c) [paper].
-- A-Acc: the share of (right, wrong) pairs of a group with s_right > s_wrong, a tie counting half [paper metric;
-  tie rule ours]: over the k samples of each test question here, over the training groups in train_align.py.
-- gold PPL: exp(-sum S / sum |c|) over the reference COTs; degeneration: the share of greedy outputs that loop
-  or give no final answer [ours].
+The metrics of docs/method.md section 8 for a checkpoint and a split of questions: T-Acc (greedy decoding), maj@k
+(ties go to the answer reached first [ours]), rerank@k, A-Acc (a tie counts half [ours]; over the k samples of each
+test question here, over the training groups in train_align.py), gold PPL and the degeneration rate [ours].
 
     python evaluate.py --ckpt=out/vft                  # prints a table, writes out/vft/eval_test.json
     python evaluate.py --ckpt=path/to/SmolLM2-135M --dataset=gsm8k --data_dir=data/gsm8k --dtype=bfloat16
@@ -29,15 +24,13 @@ from losses import mean_logprob
 from sample import generate
 from sequences import encode_pair, fits, score_pairs
 
-SPLITS = ("test", "val")
-
 
 @dataclass
 class Config:
     ckpt: str = "out/vft"                       # run, checkpoint or model directory (nanoAFT or Hugging Face)
     dataset: str = "synth"                      # task of a model without a training run (else the run's)
     data_dir: str = ""                          # gsm8k jsonl directory, likewise
-    split: str = field(default="test", metadata={"choices": SPLITS})  # "val" while tuning, "test" for the table
+    split: str = field(default="test", metadata={"choices": ("test", "val")})  # "val" to tune, "test" for the table
     n_questions: int = bounded(1000, min=1)     # questions for greedy accuracy and gold PPL
     k: int = bounded(8, min=1)                  # samples per question for maj@k, rerank@k and test A-Acc
     k_questions: int = bounded(200, min=0)      # questions for the sampled metrics (0 = skip them)
@@ -82,27 +75,22 @@ def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0
     return [enc.decode([t for t in row if t != enc.eot_token], errors="replace") for row in ids], ids
 
 
-@torch.no_grad()
 def greedy_accuracy(model, enc, examples, max_new_tokens=160, batch_size=128):
     """T-Acc and degeneration rate of greedy decoding on `examples` (dicts with question, answer)."""
     texts, _ = complete(model, enc, [ex["question"] for ex in examples], max_new_tokens, batch_size=batch_size,
                         label="greedy decoding")
     correct = [is_correct(text, ex["answer"]) for text, ex in zip(texts, examples)]
-    return {"accuracy": sum(correct) / len(examples),
-            "degeneration": sum(map(is_degenerate, texts)) / len(examples),
+    return {"accuracy": sum(correct) / len(examples), "degeneration": sum(map(is_degenerate, texts)) / len(examples),
             "n": len(examples), "outputs": texts}
 
 
 def assessment_accuracy(scores, labels, valid):
     """A-Acc: fraction of (positive, negative) pairs of the same group with s_p > s_n, a tie counting half.
     scores, labels (1 = correct), valid: (B, K). Returns (accuracy or None when there is no pair, pair count)."""
-    pos = (labels > 0) & valid  # (B, K)
-    neg = (labels <= 0) & valid
-    pairs = pos[:, :, None] & neg[:, None, :]  # (B, Kp, Kn)
-    diff = scores[:, :, None] - scores[:, None, :]  # (B, K, K) s_p - s_n
-    wins = ((diff > 0).float() + 0.5 * (diff == 0).float())[pairs]
-    n = int(pairs.sum())
-    return (wins.sum().item() / n if n else None), n
+    pairs = ((labels > 0) & valid)[:, :, None] & ((labels <= 0) & valid)[:, None, :]  # (B, K, K) (positive, negative)
+    diff = (scores[:, :, None] - scores[:, None, :])[pairs]  # s_p - s_n of every pair
+    wins = (diff > 0).float() + 0.5 * (diff == 0).float()
+    return (wins.sum().item() / len(wins) if len(wins) else None), len(wins)
 
 
 def majority_vote(answers):
@@ -111,7 +99,6 @@ def majority_vote(answers):
     return max(counts, key=counts.get) if counts else None
 
 
-@torch.no_grad()
 def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_size=128, seed=0):
     """maj@k, rerank@k and A-Acc over k samples per question, each sample scored by s(c)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -135,16 +122,14 @@ def sampled_metrics(model, enc, examples, k, temperature, max_new_tokens, batch_
 def group_scores(model, enc, groups, batch_size=128):
     """s(c) of every candidate of stored groups (candidates.py) under `model`, as (B, K) tensors:
     scores, correct, gold, valid (padding False)."""
-    shape = (len(groups), max(len(g["candidates"]) for g in groups))
-    correct, gold, valid = (torch.zeros(shape, dtype=torch.bool) for _ in range(3))
-    pairs = []
-    for b, group in enumerate(groups):
-        prompt = encode_pair(enc, group["question"], "")[0]
-        for j, c in enumerate(group["candidates"]):
-            pairs.append((prompt, c["ids"]))
-            correct[b, j], gold[b, j], valid[b, j] = c["correct"], c["gold"], True
-    scores = torch.zeros(shape)
-    scores[valid] = mean_logprob(*score_pairs(model, pairs, enc.eot_token, batch_size)).cpu()  # row-major: as listed
+    K = max(len(g["candidates"]) for g in groups)
+    valid = torch.tensor([[j < len(g["candidates"]) for j in range(K)] for g in groups])  # (B, K)
+    listed = [(g, c) for g in groups for c in g["candidates"]]  # row-major: the order of valid's True entries
+    scores, correct, gold = torch.zeros(valid.shape), torch.zeros_like(valid), torch.zeros_like(valid)
+    pairs = [(encode_pair(enc, g["question"], "")[0], c["ids"]) for g, c in listed]
+    scores[valid] = mean_logprob(*score_pairs(model, pairs, enc.eot_token, batch_size)).cpu()
+    correct[valid] = torch.tensor([c["correct"] for _, c in listed], dtype=torch.bool)
+    gold[valid] = torch.tensor([c["gold"] for _, c in listed], dtype=torch.bool)
     return scores, correct, gold, valid
 
 
@@ -154,18 +139,16 @@ def group_assessment(model, enc, groups, batch_size=128):
     return {"a_acc_train": assessment_accuracy(scores, correct.float(), valid & ~gold)[0]}
 
 
-@torch.no_grad()
 def gold_perplexity(model, enc, examples, batch_size=128):
     """exp(-sum S / sum |c|) of the reference COTs (end-of-text included) that fit in the model's context."""
     pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
-    pairs = [pair for pair in pairs if fits(pair, model.config.block_size)]
-    total, count = score_pairs(model, pairs, enc.eot_token, batch_size)
+    total, count = score_pairs(model, [p for p in pairs if fits(p, model.config.block_size)], enc.eot_token, batch_size)
     return float(torch.exp(-total.sum() / count.sum()))
 
 
+@torch.no_grad()  # scoring only: no graph for score_pairs to build
 def evaluate_model(model, enc, examples, cfg):
     """Every metric of the module docstring on `examples`, as a flat dict."""
-    model.eval()
     greedy = greedy_accuracy(model, enc, examples[:cfg.n_questions], cfg.max_new_tokens, cfg.batch_size)
     metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
                "gold_ppl": gold_perplexity(model, enc, examples[:cfg.n_questions], cfg.batch_size)}
@@ -193,9 +176,9 @@ def run(cfg):
     device = compute.pick_device(cfg.device)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
-    task = run_task(directory, cfg.dataset, cfg.data_dir)
+    examples = run_task(directory, cfg.dataset, cfg.data_dir)[cfg.split]
     with compute.autocast(device, cfg.dtype):
-        metrics = evaluate_model(model, enc, task[cfg.split], cfg)
+        metrics = evaluate_model(model, enc, examples, cfg)
     print(format_table({str(directory): metrics}))
     out.write_text(json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")

@@ -84,15 +84,13 @@ def draw(probs, generator=None):
     cdf = probs.cumsum(dim=-1)  # (N, V)
     total = cdf[:, -1:]  # (N, 1)
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype)  # (N, 1) in [0, 1)
-    # u < 1 keeps u * total strictly below the total (a float product with a factor below 1 never rounds up to the
-    # other factor), and right=True picks the first entry whose cdf exceeds it: the index is always valid and a
-    # zero-probability token (no step in the cdf) is never drawn
+    # u < 1 keeps u * total below the total (a float product with a factor below 1 never rounds up to the other), and
+    # right=True picks the first entry whose cdf exceeds it: a valid index, never a zero-probability token (no step)
     return torch.searchsorted(cdf, u * total, right=True).squeeze(-1)  # (N,)
 
 
 def pick_next(logits, temperature, top_k, top_p, generator):
-    """One token per row from logits (N, V): argmax when temperature is 0, else a draw from the filtered
-    distribution with the given torch.Generator."""
+    """One token per row of logits (N, V): the argmax at temperature 0, else a draw from the filtered distribution."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     return draw(filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1), generator)
@@ -112,13 +110,11 @@ def check_settings(max_new_tokens, num_samples, temperature, top_k, top_p):
 
 def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
              eot_id=None, generator=None, use_cache=True, n_vocab=None):
-    """Continue each prompt (a list of token-id lists) num_samples times.
-
-    Rows come out prompt-major: prompt i's samples are rows i*num_samples .. i*num_samples+num_samples-1.
-    Prompts of different lengths are left-padded. n_vocab: the tokenizer's size; ids at or above it (the
-    padding rows of an embedding larger than the tokenizer, as Qwen2's) are never drawn, and log-probs are over
-    the tokenizer's ids. With use_cache=False every step recomputes the whole sequence (the same result; kept for
-    the benchmark and as a test oracle)."""
+    """Continue each prompt (a list of token ids) num_samples times. Rows come out prompt-major (prompt i's samples
+    are rows i*num_samples .. i*num_samples+num_samples-1); prompts of different lengths are left-padded. n_vocab:
+    the tokenizer's size; ids at or above it (the padding rows of an embedding larger than the tokenizer, as
+    Qwen2's) are never drawn, and log-probs are over the tokenizer's ids. use_cache=False recomputes the whole
+    sequence at every step (the same result; kept for the benchmark and as a test oracle)."""
     check_settings(max_new_tokens, num_samples, temperature, top_k, top_p)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
@@ -127,8 +123,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
     if longest + max_new_tokens > config.block_size:
         raise UserError(f"a prompt of {longest} tokens and max_new_tokens={max_new_tokens} do not fit the model's "
                         f"context of {config.block_size} tokens")
-    outside = [t for p in prompts for t in p if not 0 <= t < config.vocab_size]
-    if outside:
+    if outside := [t for p in prompts for t in p if not 0 <= t < config.vocab_size]:
         raise UserError(f"token id {outside[0]} is outside the model's vocabulary of {config.vocab_size}")
     with torch.inference_mode():  # no autograd bookkeeping at all (no_grad still counts tensor versions)
         pad_id = eot_id if eot_id is not None else 0
@@ -137,9 +132,8 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
         if not left_pad.any():
             left_pad = None  # no padding: the model then needs no attention mask and no position shift
 
-        cache = None
-        if use_cache:
-            cache = KVCache(config, len(prompts), longest + max_new_tokens, device, model.lm_head.weight.dtype)
+        dtype = model.lm_head.weight.dtype
+        cache = KVCache(config, len(prompts), longest + max_new_tokens, device, dtype) if use_cache else None
         logits, _ = model(idx, kv_cache=cache, left_pad=left_pad)  # prefill once per prompt
         logits = logits[:, -1, :n_vocab].float().repeat_interleave(num_samples, dim=0)  # (N, V)
         if not bool(torch.isfinite(logits).all()):
@@ -150,9 +144,8 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
             left_pad = left_pad.repeat_interleave(num_samples)  # (N,)
         seq = idx.repeat_interleave(num_samples, dim=0)  # (N, Tp), only needed without the cache
 
-        # each step keeps only what it must: the drawn ids and their log-probs, stacked at the end. A row that
-        # has ended goes on drawing (rows never interact, so the others are unaffected); what it draws after its
-        # end-of-text is overwritten below, once, instead of masked at every step
+        # each step keeps the drawn ids and their log-probs. A row that has ended goes on drawing (rows never interact,
+        # so the others are unaffected); what it draws after its end-of-text is overwritten once below, not every step
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)  # (N,)
         ids, logps = [], []
         for t in range(max_new_tokens):
@@ -161,9 +154,7 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
             logps.append(logits.log_softmax(dim=-1).gather(-1, next_id[:, None]))  # (N, 1)
             if eot_id is not None:
                 finished |= next_id == eot_id
-                if bool(finished.all()):
-                    break
-            if t == max_new_tokens - 1:
+            if t == max_new_tokens - 1 or eot_id is not None and bool(finished.all()):
                 break
             if use_cache:
                 logits, _ = model(next_id[:, None], kv_cache=cache, left_pad=left_pad)
@@ -173,10 +164,8 @@ def generate(model, prompts, max_new_tokens, num_samples=1, temperature=1.0, top
             logits = logits[:, -1, :n_vocab].float()
 
         steps = torch.stack(ids, dim=1)  # (N, t)
-        after_end = torch.zeros_like(steps, dtype=torch.bool)  # (N, t): past the row's first end-of-text
-        if eot_id is not None:
-            is_end = steps == eot_id
-            after_end = is_end.cumsum(dim=1) > is_end.long()  # an end-of-text earlier in the row
+        is_end = steps == (-1 if eot_id is None else eot_id)  # (N, t); no token id is -1
+        after_end = is_end.cumsum(dim=1) > is_end.long()  # (N, t): an end-of-text earlier in the row
         tokens = torch.full((len(steps), max_new_tokens), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros(len(steps), max_new_tokens, dtype=torch.float32, device=device)
         tokens[:, :steps.shape[1]] = steps.masked_fill(after_end, pad_id)
@@ -210,18 +199,15 @@ def run(cfg):
     device = pick_device(cfg.device)  # a device this machine lacks is one line too
     model, enc = load_model_and_tokenizer(cfg.ckpt, device)
     text = cfg.prompt or format_prompt(cfg.question)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out = generate(model.eval(), [encode_prompt(enc, text)], cfg.max_new_tokens, num_samples=cfg.num_samples,
                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=enc.eot_token,
-                   generator=generator, n_vocab=enc.n_vocab)
+                   generator=torch.Generator(device=device).manual_seed(cfg.seed), n_vocab=enc.n_vocab)
     texts = []
     for i in range(cfg.num_samples):
-        ids = [t for t in out.row(i) if t != enc.eot_token]
-        texts.append(enc.decode(ids, errors="replace"))
+        texts.append(enc.decode([t for t in out.row(i) if t != enc.eot_token], errors="replace"))
         mean_logp = out.logprobs[i, :out.lengths[i]].mean().item()
         print(f"--- sample {i + 1}/{cfg.num_samples} (mean log-prob {mean_logp:.3f}"
-              f"{'' if out.finished[i] else ', cut at max_new_tokens'})")
-        print(text + texts[-1])
+              f"{'' if out.finished[i] else ', cut at max_new_tokens'})\n{text}{texts[-1]}")
     return texts
 
 

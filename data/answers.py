@@ -1,13 +1,11 @@
-"""Answer extraction and grading: the one place that decides whether a chain of thought is right.
-
-Labelling candidates, grading them for ranking feedback and measuring accuracy all call this module, so
-the three can never disagree. The format is GSM8K's: reasoning lines, then a last line `#### N`, where N is a
-number or, for a multiple-choice task (AQuA), the letter of an option, A to E.
+"""Answer extraction and grading: the one place that decides whether a chain of thought is right, so that labelling
+candidates, grading them and measuring accuracy never disagree. The format is GSM8K's: reasoning lines, then a last
+line `#### N`, where N is a number or, for a multiple-choice task (AQuA), the letter of an option, A to E.
 
 - extract_answer / is_correct: final-answer exact match (docs/method.md section 3, step 2 [paper]).
 - find_equations / evaluate_expression / check_equation / equation_soundness / grade: the ranking grade
-  r = 1[correct] + 0.5 * soundness (docs/method.md section 5 [ours]).
-- is_degenerate: the degeneration-rate metric (docs/method.md section 7 [ours]).
+  (docs/method.md section 5.2 [ours]).
+- is_degenerate: the degeneration rate (docs/method.md section 8 [ours]).
 """
 
 import re
@@ -42,11 +40,9 @@ def _canonical_number(text):
 
 
 def extract_answer(text):
-    """The final answer of a COT as a canonical string, or None (None is always graded wrong).
-
-    Reads the LAST line that starts with `####` (leading spaces allowed) and the number right after it
-    (commas, `$` and trailing text dropped; negatives and decimals kept), or else an option letter A-E.
-    """
+    """The final answer of a COT as a canonical string, or None (always graded wrong): the number right after `####`
+    on the LAST line that starts with it (commas, `$` and trailing text dropped; negatives and decimals kept), or
+    else an option letter A-E."""
     final_lines = [line.lstrip() for line in text.splitlines() if line.lstrip().startswith("####")]
     if not final_lines:
         return None
@@ -55,9 +51,7 @@ def extract_answer(text):
         letter = _FINAL_LETTER.match(final_lines[-1])
         return letter and letter.group(1)
     sign_before, sign_after, digits = match.groups()
-    if sign_before and sign_after:
-        return None
-    return _canonical_number((sign_before or sign_after) + digits)
+    return None if sign_before and sign_after else _canonical_number((sign_before or sign_after) + digits)
 
 
 def is_correct(completion, gold_answer_text):
@@ -75,13 +69,12 @@ def _side(text, left):
     algebra and units are never checked as if the readable part were the whole side: a letter or symbol
     touches it (`X*2 - 40`, `5A`, `$12/hour`) or it opens with an operator (`X + 10`)."""
     cut = len(text) - _LEFT.match(text[::-1]).end() if left else _RIGHT.match(text).end()
-    side, outside = (text[cut:], text[:cut]) if left else (text[:cut], text[cut:])
-    edge, touching = (side[:1], outside[-1:]) if left else (side[-1:], outside[:1])
-    beyond = outside[-2:-1] if left else outside[1:2]
+    side, rest = (text[cut:], text[:cut]) if left else (text[:cut], text[cut:])
+    edge, touching, beyond = (side[:1], rest[-1:], rest[-2:-1]) if left else (side[-1:], rest[:1], rest[1:2])
     if not re.search(r"\d", side) or edge.strip() and touching and (touching not in _TOUCH or beyond.isdigit()):
         return None
     side = side.strip()
-    if left and (side[0] in "+*/×÷%)" or side[0] == "-" and outside.rstrip()[-1:].isalnum()):
+    if left and (side[0] in "+*/×÷%)" or side[0] == "-" and rest.rstrip()[-1:].isalnum()):
         return None
     while left and side[0] == "(" and side.count("(") > side.count(")"):  # "(so 3 + 4 = 7)"
         side = side[1:]
@@ -107,19 +100,17 @@ def find_equations(text):
 
 
 def evaluate_expression(expr):
-    """Exact value of an arithmetic expression, or None when it cannot be read.
-
-    Numbers, + - * / x × ÷, `//` (floor division, as in Python-written annotations), `%` (hundredths),
-    parentheses, unary minus, and a product written without a sign before a parenthesis: `14(2)`. A small
-    recursive-descent parser, never eval. A division by zero raises ZeroDivisionError: readable, but no value.
-    """
+    """Exact value of an arithmetic expression, or None when it cannot be read: numbers, + - * / x × ÷, `//` (floor
+    division, as in Python-written annotations), `%` (hundredths), parentheses, unary minus, and a product written
+    without a sign before a parenthesis: `14(2)`. A small recursive-descent parser, never eval. A division by zero
+    raises ZeroDivisionError: readable, but no value."""
     expr = expr.replace("$", "").rstrip()
     matches = list(_TOKEN.finditer(expr))
     if "".join(match.group() for match in matches) != expr:  # something between the tokens is not arithmetic
         return None
     tokens = [Fraction(number.replace(",", "")) if number else {"x": "*", "×": "*", "÷": "/"}.get(sign, sign)
-              for number, sign in (match.groups() for match in matches)]
-    tokens.append(None)  # end marker, so peeking never runs off the list
+              for number, sign in (match.groups() for match in matches)] + [None]  # None ends the list
+    index = 0
     index = 0
 
     def take():
@@ -168,11 +159,9 @@ def evaluate_expression(expr):
 
 
 def check_equation(lhs, rhs):
-    """True or False for an equation that can be read; None (unchecked) when a side cannot be [ours].
-
-    A right side written with decimals may be rounded to them (10/3 = 3.33); an integer must be exact. A
-    percentage may be a number (3/4 = 75%) or a unit (3/4 * 100 = 75%, $7500/75% = $100): either reading holds.
-    """
+    """True or False for an equation that can be read; None (unchecked) when a side cannot be [ours]. A right side
+    written with decimals may be rounded to them (10/3 = 3.33); an integer must be exact. A percentage may be a
+    number (3/4 = 75%) or a unit (3/4 * 100 = 75%, $7500/75% = $100): either reading holds."""
     if lhs is None or rhs is None:
         return None
     readings = [(lhs, rhs)] + ([(lhs.replace("%", ""), rhs.replace("%", ""))] if "%" in lhs + rhs else [])
@@ -209,26 +198,19 @@ def equation_soundness(text):
 
 
 def grade(completion, gold_answer_text):
-    """Ranking grade of a COT [ours, docs/method.md section 5]:
-
-        r = 1[final answer correct] + 0.5 * (fraction of its checked equations that are true)
-
-    so every correct chain (r >= 1) ranks above every wrong one (r <= 0.5), and within each group sounder
-    arithmetic ranks higher. [ours] Unreadable equations are left out of the fraction, not counted false; with
-    none checkable it is 1. equation_soundness says how many were checked.
-    """
+    """Ranking grade r = 1[final answer correct] + 0.5 * (the share of its checked equations that hold) [ours,
+    docs/method.md section 5.2]: every correct chain (r >= 1) ranks above every wrong one (r <= 0.5). Unreadable
+    equations are left out of the share, not counted false; with none checkable it is 1."""
     return float(is_correct(completion, gold_answer_text)) + 0.5 * equation_soundness(completion).fraction
 
 
 def is_degenerate(text, min_ngram=4, repeats=3):
-    """True when a COT shows the collapse the alignment constraint exists to prevent [ours, docs/method.md section 7].
-
-    The exact rule; any one of:
+    """True when a COT shows the collapse the alignment constraint exists to prevent [ours, docs/method.md section 8].
+    The exact rule, any one of:
     1. no final answer (extract_answer is None);
     2. some run of n >= min_ngram whitespace-separated words is repeated `repeats` or more times back to
        back anywhere in the text (a loop; "5 5 5 ..." counts once it is 12 words long);
-    3. one non-empty line occurs `repeats` or more times and makes up at least half of the non-empty lines.
-    """
+    3. one non-empty line occurs `repeats` or more times and makes up at least half of the non-empty lines."""
     if extract_answer(text) is None:
         return True
     words = text.split()

@@ -266,3 +266,12 @@ def test_evaluate_refuses_a_bad_setting_before_loading_anything(tmp_path, settin
 def test_candidates_refuses_a_bad_setting_before_loading_anything(tmp_path, setting, message):
     with pytest.raises(UserError, match=message):
         cands.build(cands.Config(ckpt=str(tmp_path), **setting))
+
+
+def test_a_question_longer_than_the_context_is_one_clear_line():
+    from evaluate import complete
+    from tokenizer import load_tokenizer
+    enc = load_tokenizer(Path(__file__).resolve().parents[1] / "data" / "tokenizer.tiktoken")
+    model = GPT(ModelConfig(vocab_size=enc.n_vocab, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="a question of .* tokens leaves no room for an answer"):
+        complete(model, enc, ["How many apples? " * 8], max_new_tokens=8)
