@@ -81,7 +81,7 @@ def check_top_k(keep_top_k):
 def check_draw(inverse_cdf_draw):
     """Exercise 3: inverse_cdf_draw(probs (N, V), u (N,) in [0, 1)) -> index (N,): the first i with F_i > u * F_V."""
     probs = torch.tensor([[0.25, 0.0, 0.25, 0.5]] * 5 + [[0.1, 0.2, 0.3, 0.4]] * 3 + [[0.0, 0.5, 0.5, 0.0]])  # (9, 4)
-    u = torch.tensor([0.0, 0.25, 0.5, 0.625, 0.999, 0.0625, 0.375, 0.9375, 0.0])  # (9,) three lie exactly on a step of F
+    u = torch.tensor([0.0, 0.25, 0.5, 0.625, 0.999, 0.0625, 0.375, 0.9375, 0.0])  # (9,) three on a step of F
     want = torch.searchsorted(probs.cumsum(dim=-1), (u * probs.sum(dim=-1))[:, None], right=True).squeeze(-1)
     got, why = _call(inverse_cdf_draw, probs.clone(), u.clone())
     if why:

@@ -88,12 +88,12 @@ def check_l_bc(l_bc):
             return course.check(False, "", "the value is right but the gradient is not "
                                             f"({[round(g, 4) for g in s.grad.tolist()]}, expected "
                                             f"{[round(g, 4) for g in ref.grad.tolist()]}): "
-                                            "B is computed from sg(s_p), i.e. s.detach(); T_p's own s_p is not detached")
+                                            "B comes from sg(s_p), i.e. s.detach(); T_p's own s_p is not detached")
     return course.check(True, "value and gradient match losses.alignment_loss(..., constraint='bc')", "")
 
 
 def check_signs(signs):
-    """Exercise 3.3: signs = {"none": [...], "dc": [...], "bc": [...]}, one of "+", "-", "0" per chain of SIGN_SCORES."""
+    """Exercise 3.3: signs = {"none": [...], "dc": [...], "bc": [...]}: "+", "-" or "0" per chain of SIGN_SCORES."""
     if not isinstance(signs, dict) or set(signs) != {"none", "dc", "bc"}:
         return course.check(False, "", 'not filled in yet: a dict {"none": [...], "dc": [...], "bc": [...]}, five '
                                        'signs each')
