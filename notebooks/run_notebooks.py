@@ -30,7 +30,7 @@ def main(argv):
     for path in lessons(argv[0] if argv else ""):
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
-        NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+        NotebookClient(notebook, timeout=900, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(HERE)}}).execute()
         nbformat.write(notebook, path)
         print(f"{path.name}: executed and saved in {time.time() - start:.0f} s", flush=True)
 
