@@ -19,10 +19,10 @@ import torch
 
 import compute
 from checkpoint import fingerprints, load_model_and_tokenizer, model_directory
-from configurator import UserError, bounded, config_to_dict, main, validate
+from configurator import UserError, bounded, check_input, check_output, config_to_dict, main, validate
 from data.answers import grade, is_correct
-from data.dataset import run_config, task_from_config
-from evaluate import check_writable, complete
+from data.dataset import TASKS, run_config, task_from_config
+from evaluate import complete
 from sequences import encode_pair, fits, score_pairs
 
 GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int, "samples_cut": int}
@@ -34,7 +34,7 @@ CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": (int, float), "
 class Config:
     ckpt: str = "out/vft"                       # the VFT run, or a model directory (nanoAFT or Hugging Face)
     out: str = ""                               # "" = <ckpt>/candidates.jsonl
-    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    dataset: str = field(default="synth", metadata={"choices": TASKS})  # task of a model without a run (else the run's)
     data_dir: str = ""                          # gsm8k jsonl directory, likewise
     n_questions: int = bounded(2000, min=1)     # training questions to sample for (the first ones of the split)
     k: int = bounded(8, min=1)                  # samples per question [ours default]
@@ -88,8 +88,9 @@ def problem(record, schema):
     return None if record["candidates"] else "a group without candidates"
 
 
-def load_groups(path, model_dir):
-    """The groups in `path`, every line checked first, refused unless made by the model and tokenizer of model_dir."""
+def load_groups(path, model_dir, n_vocab=None):
+    """The groups in `path`, every line checked first (token ids below n_vocab, when given), refused unless made by
+    the model and tokenizer of model_dir."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no candidate file (build it with: python candidates.py --ckpt=...)")
@@ -107,6 +108,8 @@ def load_groups(path, model_dir):
     for number, group in enumerate(groups, start=2):
         if error := problem(group, GROUP):
             raise UserError(f"{path}:{number}: {error}")
+        if n_vocab and any(t >= n_vocab for c in group["candidates"] for t in c["ids"]):
+            raise UserError(f"{path}:{number}: a token id beyond the tokenizer's {n_vocab} tokens")
     expected = fingerprints(model_dir)
     for part in ("model", "tokenizer"):
         if header["fingerprint"].get(part) != expected[part]:
@@ -134,10 +137,11 @@ def interleave(shards):
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
+    check_input(cfg.ckpt, "ckpt")
     device = compute.init(cfg.device)
-    path = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / "candidates.jsonl"
+    path = Path(cfg.out or Path(cfg.ckpt) / "candidates.jsonl")
     if compute.is_main():
-        check_writable(path)
+        check_output(path, "out", is_dir=False)
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     run = run_config(directory) or {"dataset": cfg.dataset, "data_dir": cfg.data_dir}  # the run's own task
@@ -156,6 +160,7 @@ def build(cfg):
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(replace(cfg, **task)),
               "summary": summarize(groups)}
     if compute.is_main():  # written whole to a temporary file, then renamed into place
+        path.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{path}.tmp").write_text("".join(json.dumps(record) + "\n" for record in [header, *groups]))
         os.replace(f"{path}.tmp", path)
     compute.barrier()  # the file exists for every rank from here on

@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -105,6 +106,16 @@ def log(*args, **kwargs):
     """print, on rank 0 only: one progress line per step however many processes run."""
     if is_main():
         print(*args, **kwargs)
+
+
+def progress(t0, done, left):
+    """"elapsed m:ss | eta m:ss" after `done` units of work since time t0, with `left` still to do."""
+    elapsed = time.time() - t0
+    return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
+
+
+def format_seconds(seconds):
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 def init(device_name):

@@ -15,7 +15,8 @@ checks every field of a config against its type, its choices and its range, and 
 every float field; the train functions call it first, so a config built in a notebook is checked like the
 command line. Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`,
 whose one-line message names the flag; `main` prints it and exits with status 2. `check_output(path, flag)`
-refuses an output path that cannot be written, before any work, for every script that writes one.
+refuses an output path that cannot be written, before any work, for every script that writes one; `check_input`
+an input path that is empty or names nothing.
 """
 
 import dataclasses
@@ -233,6 +234,16 @@ def check_output(path, flag, is_dir=True):
     except OSError as e:
         raise UserError(f"--{flag}={path}: cannot write in {existing} ({e.strerror or e})") from None
     return path
+
+
+def check_input(path, flag):
+    """Refuse, before any work, an input path that is empty (which would quietly mean the current directory) or
+    that does not exist; the message names the flag. Returns `path` as a Path."""
+    if not str(path).strip():
+        raise UserError(f"--{flag} is empty: give a path")
+    if not Path(path).exists():
+        raise UserError(f"--{flag}={path}: no such file or directory")
+    return Path(path)
 
 
 def main(fn, config_cls, argv=None):

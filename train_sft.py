@@ -18,7 +18,7 @@ import torch
 import compute
 from checkpoint import (load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training, resume_or_start,
                         save_run, seed_rng, unlock_run_dir, whole_model)
-from configurator import UserError, bounded, config_to_dict, main, validate
+from configurator import UserError, bounded, check_input, config_to_dict, main, validate
 from data.dataset import TASK_FIELDS, TaskConfig, task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob, nll_loss, sequence_logprobs
@@ -75,9 +75,10 @@ def check_config(cfg):
     validate(cfg)
     if not cfg.out_dir or cfg.min_lr > cfg.learning_rate:
         raise UserError("--out_dir must name a directory" if not cfg.out_dir else "--min_lr is above --learning_rate")
-    for name in ("init_from", "tokenizer"):  # train_sft's own inputs (train_align's are checked there)
-        if getattr(cfg, name, "") and not resolve(getattr(cfg, name)).exists():
-            raise UserError(f"--{name}={getattr(cfg, name)}: no such file or directory")
+    if isinstance(cfg, Config):  # train_sft's own inputs (train_align's are checked there); init_from "" = fresh
+        check_input(cfg.tokenizer and resolve(cfg.tokenizer), "tokenizer")
+        if cfg.init_from:
+            check_input(resolve(cfg.init_from), "init_from")
 
 
 def batch_indices(step, batch_size, n, seed):
@@ -118,15 +119,6 @@ def apply_gradients(model, optimizer, cfg, step, loss, lr):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
-
-
-def format_seconds(seconds):
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
-
-
-def progress(t0, done, left):  # "elapsed m:ss | eta m:ss" after `done` steps since t0, `left` to go
-    elapsed = time.time() - t0
-    return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
 
 
 def train(cfg):
@@ -186,7 +178,7 @@ def train(cfg):
         if done % cfg.log_every == 0 or done == last:
             history["train"].append({"step": done, "loss": loss, "lr": lr})
             compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                        f"{progress(t0, done - start, last - done)}", flush=True)
+                        f"{compute.progress(t0, done - start, last - done)}", flush=True)
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
             with torch.no_grad(), compute.autocast(device, cfg.dtype):  # every rank: FSDP forwards need them all
                 sum_logp, n_tokens = score_pairs(compute.unwrap(model), pairs["val"], enc.eot_token, cfg.batch_size)
