@@ -103,9 +103,10 @@ def is_main():
 
 
 def log(*args, **kwargs):
-    """print, on rank 0 only: one progress line per step however many processes run."""
+    """print, on rank 0 only (one progress line per step however many processes run), flushed at once so that a
+    log file or torchrun's output shows progress as it happens."""
     if is_main():
-        print(*args, **kwargs)
+        print(*args, **kwargs, flush=True)
 
 
 def progress(t0, done, left):

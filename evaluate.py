@@ -17,7 +17,7 @@ import torch
 
 import compute
 from checkpoint import load_model_and_tokenizer, model_directory
-from configurator import UserError, bounded, check_input, check_output, main, validate
+from configurator import UserError, bounded, check_input, check_output, main, validate, write_output
 from data.answers import extract_answer, is_correct, is_degenerate
 from data.dataset import TASKS, run_task
 from losses import mean_logprob
@@ -60,7 +60,7 @@ def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0
         ids += [out.row(row) for row in range(out.tokens.shape[0])]
         done, left, now = start + len(prompts), len(questions) - start - len(prompts), time.time()
         if label and (now - shown >= 10 or not left):
-            compute.log(f"{label}: {done}/{len(questions)} questions | {compute.progress(t0, done, left)}", flush=True)
+            compute.log(f"{label}: {done}/{len(questions)} questions | {compute.progress(t0, done, left)}")
             shown = now
     return [enc.decode([t for t in row if t != enc.eot_token], errors="replace") for row in ids], ids
 
@@ -123,20 +123,16 @@ def group_scores(model, enc, groups, batch_size=128):
     return scores, correct, gold, valid
 
 
-def gold_perplexity(model, enc, examples, batch_size=128):
-    """exp(-sum S / sum |c|) of the reference COTs (end-of-text included) that fit in the model's context."""
-    pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
-    total, count = score_pairs(model, [p for p in pairs if fits(p, model.config.block_size)], enc.eot_token, batch_size)
-    return float(torch.exp(-total.sum() / count.sum()))
-
-
 @torch.no_grad()  # scoring only: no graph for score_pairs to build
 def evaluate_model(model, enc, examples, cfg, groups=()):
     """Every metric of the module docstring on `examples`, as a flat dict; given stored candidate groups, also their
     A-Acc (a_acc_train) over the sampled chains only (gold chains left out)."""
     greedy = greedy_accuracy(model, enc, examples[:cfg.n_questions], cfg.max_new_tokens, cfg.batch_size)
+    golds = [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples[:cfg.n_questions])
+             if fits(p, model.config.block_size)]  # the reference COTs (end-of-text included) that fit the context
+    total, count = score_pairs(model, golds, enc.eot_token, cfg.batch_size)
     metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
-               "gold_ppl": gold_perplexity(model, enc, examples[:cfg.n_questions], cfg.batch_size)}
+               "gold_ppl": float(torch.exp(-total.sum() / count.sum()))}  # gold PPL: exp(-sum S / sum |c|)
     if cfg.k_questions > 0:
         metrics.update(sampled_metrics(model, enc, examples[:cfg.k_questions], cfg.k, cfg.temperature,
                                        cfg.max_new_tokens, cfg.batch_size, cfg.seed))
@@ -168,8 +164,7 @@ def run(cfg):
     with compute.autocast(device, cfg.dtype):
         metrics = evaluate_model(model, enc, examples, cfg)
     print(format_table({str(directory): metrics}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=1) + "\n")
+    write_output(out, json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")
     return metrics
 

@@ -75,14 +75,13 @@ def check_config(cfg):
 
 
 def ensure_prerequisites(cfg):
-    """The VFT run and the path of its candidate file: reused when present, built (with a note) if missing at the
-    defaults."""
+    """The VFT run and its candidate file's path: reused when present, built (with a note) when missing at defaults."""
     if not has_checkpoint(cfg.vft):
-        compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)", flush=True)
+        compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)")
         train_sft.train(train_sft.Config(out_dir=cfg.vft))
     path = Path(cfg.candidates or Path(cfg.vft) / "candidates.jsonl")
     if not path.is_file():
-        compute.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py)", flush=True)
+        compute.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py)")
         cands.build(cands.Config(ckpt=cfg.vft, out=str(path), n_questions=cfg.n_questions, k=cfg.k,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
                                  dtype=cfg.dtype))
@@ -217,7 +216,7 @@ def train(cfg):
             history["train"].append(record)
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
             compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | "
-                        f"{compute.progress(t0, done - start, last - done)}", flush=True)
+                        f"{compute.progress(t0, done - start, last - done)}")
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 

@@ -178,12 +178,12 @@ def train(cfg):
         if done % cfg.log_every == 0 or done == last:
             history["train"].append({"step": done, "loss": loss, "lr": lr})
             compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                        f"{compute.progress(t0, done - start, last - done)}", flush=True)
+                        f"{compute.progress(t0, done - start, last - done)}")
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
             with torch.no_grad(), compute.autocast(device, cfg.dtype):  # every rank: FSDP forwards need them all
                 sum_logp, n_tokens = score_pairs(compute.unwrap(model), pairs["val"], enc.eot_token, cfg.batch_size)
             history["eval"].append({"step": done, "val_loss": -mean_logprob(sum_logp, n_tokens).mean().item()})
-            compute.log(f"step {done:5d} | val loss {history['eval'][-1]['val_loss']:.4f}", flush=True)
+            compute.log(f"step {done:5d} | val loss {history['eval'][-1]['val_loss']:.4f}")
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
@@ -193,7 +193,7 @@ def train(cfg):
             metrics = greedy_accuracy(plain, enc, task["test"][:cfg.test_questions], cfg.max_new_tokens)
         history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
         compute.log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions, "
-                    f"degeneration {metrics['degeneration']:.3f}", flush=True)
+                    f"degeneration {metrics['degeneration']:.3f}")
         save(last, full)
     unlock_run_dir(cfg.out_dir)
     compute.barrier()  # the ranks leave together: none tears the process group down under another's feet

@@ -131,8 +131,7 @@ def task_from_config(config):
 
 
 def run_config(model_dir):
-    """The training config saved with the checkpoint in `model_dir` (trainer.json), or {} (a model saved alone).
-    Its task fields are checked as the command line's are: a damaged file is named, not met deep inside the task."""
+    """The training config saved with the checkpoint in `model_dir` (trainer.json, its task fields checked), or {}."""
     path = Path(model_dir) / "trainer.json"
     try:
         config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
