@@ -159,11 +159,12 @@ def barrier():
 
 def check(cfg):
     """Refuse, before any work, a trainer config whose --parallel is unknown or whose global batch does not split
-    into world_size x grad_accum equal micro-batches."""
+    into world_size x grad_accum equal micro-batches. Works before init: torchrun states the world size."""
+    processes = world_size() if dist.is_initialized() else int(os.environ["WORLD_SIZE"]) if launched() else 1
     if cfg.parallel not in PARALLEL:
         raise UserError(f"--parallel={cfg.parallel}: choose one of {', '.join(PARALLEL)}")
-    if cfg.grad_accum < 1 or cfg.batch_size % (world_size() * cfg.grad_accum):
-        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {world_size()} processes x "
+    if cfg.grad_accum < 1 or cfg.batch_size % (processes * cfg.grad_accum):
+        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {processes} processes x "
                         f"--grad_accum={cfg.grad_accum}")
 
 

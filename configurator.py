@@ -252,14 +252,18 @@ def write_output(path, text):
         raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def check_input(path, flag):
+def check_input(path, flag, shipped=False):
     """Refuse, before any work, an input path that is empty (which would quietly mean the current directory) or
-    that does not exist; the message names the flag. Returns `path` as a Path."""
+    that does not exist; the message names the flag. Returns `path` as a Path. `shipped`: a relative path that does
+    not exist from here is looked up in the repository too (a file that ships with it, such as data/'s)."""
     if not str(path).strip():
         raise UserError(f"--{flag} is empty: give a path")
-    if not Path(path).exists():
+    here, repository = Path(path), Path(__file__).resolve().parent / path
+    if not here.exists() and shipped and not here.is_absolute() and repository.exists():
+        return repository
+    if not here.exists():
         raise UserError(f"--{flag}={path}: no such file or directory")
-    return Path(path)
+    return here
 
 
 def main(fn, config_cls, argv=None):

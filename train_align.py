@@ -161,7 +161,6 @@ def train(cfg):
     every process trains its share of each batch; only rank 0 prints, saves and evaluates."""
     cfg = check_config(cfg)
     device = compute.init(cfg.device)
-    compute.check(cfg)
     must_match = ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta")
     resumed = resume_or_start(cfg.out_dir, cfg, "align", must_match, device)  # reads only
     if compute.is_main():

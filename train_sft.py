@@ -65,20 +65,16 @@ class Config(TaskConfig, TrainConfig):  # the fields of TrainConfig, then TaskCo
     eval_examples: int = bounded(256, min=1)  # validation pairs for the eval loss
 
 
-def resolve(path):
-    """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
-    return Path(path) if Path(path).is_absolute() or Path(path).exists() else Path(__file__).resolve().parent / path
-
-
 def check_config(cfg):
     """Refuse, before any work, what `validate` cannot see alone: paths, and settings that contradict each other."""
     validate(cfg)
+    compute.check(cfg)  # the batch splits into the processes' micro-batches
     if not cfg.out_dir or cfg.min_lr > cfg.learning_rate:
         raise UserError("--out_dir must name a directory" if not cfg.out_dir else "--min_lr is above --learning_rate")
     if isinstance(cfg, Config):  # train_sft's own inputs (train_align's are checked there); init_from "" = fresh
-        check_input(cfg.tokenizer and resolve(cfg.tokenizer), "tokenizer")
+        check_input(cfg.tokenizer, "tokenizer", shipped=True)
         if cfg.init_from:
-            check_input(resolve(cfg.init_from), "init_from")
+            check_input(cfg.init_from, "init_from")
 
 
 def batch_indices(step, batch_size, n, seed):
@@ -126,7 +122,6 @@ def train(cfg):
     trains its share of each batch; only rank 0 prints, saves and measures the test accuracy."""
     check_config(cfg)
     device = compute.init(cfg.device)
-    compute.check(cfg)
     task = task_from_config(config_to_dict(cfg))
     must_match = ("max_steps", "batch_size", "seed", "learning_rate") + TASK_FIELDS  # else another run
     resumed = resume_or_start(cfg.out_dir, cfg, "sft", must_match, device)  # reads only
@@ -139,7 +134,7 @@ def train(cfg):
     elif cfg.init_from:
         model, enc = load_model_and_tokenizer(cfg.init_from, device, convert_to=Path(cfg.out_dir) / "init")
     else:
-        enc = load_tokenizer(resolve(cfg.tokenizer))
+        enc = load_tokenizer(check_input(cfg.tokenizer, "tokenizer", shipped=True))
         model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                 block_size=cfg.block_size)).to(device)
     pairs = {split: [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples)
