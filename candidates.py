@@ -144,8 +144,7 @@ def build(cfg):
     if not examples:
         raise UserError(f"{directory}: no training question fits in the model's block_size of {block_size}")
     compute.log(f"candidates: k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training questions "
-                f"with {directory} on {compute.world_size()} process(es); {len(first) - len(examples)} left out, "
-                f"longer than block_size {block_size} with their reference chain")
+                f"with {directory} on {compute.world_size()} process(es); {len(first) - len(examples)} too long")
     with compute.autocast(device, cfg.dtype):
         groups = build_groups(model, enc, examples[compute.rank()::compute.world_size()], cfg.k, cfg.temperature,
                               cfg.max_new_tokens, cfg.batch_size, cfg.seed + 1_000_003 * compute.rank())

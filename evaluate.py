@@ -157,8 +157,7 @@ def run(cfg):
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
     check_input(cfg.ckpt, "ckpt")
     out = check_output(cfg.out or Path(cfg.ckpt) / f"eval_{cfg.split}.json", "out", is_dir=False)
-    device = compute.pick_device(cfg.device)
-    directory = model_directory(cfg.ckpt)
+    device, directory = compute.pick_device(cfg.device), model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     examples = run_task(directory, cfg.dataset, cfg.data_dir)[cfg.split]
     with compute.autocast(device, cfg.dtype):

@@ -24,7 +24,7 @@ import losses
 import train_sft
 from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, lock_run_dir, restore_training,
                         resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
-from configurator import UserError, bounded, config_to_dict, main
+from configurator import UserError, bounded, config_to_dict, main, write_output
 from data.dataset import TASK_FIELDS, run_config, run_task
 from evaluate import Config as EvalConfig, evaluate_model, format_table
 from sequences import collate, encode_pair
@@ -152,7 +152,7 @@ def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
         return json.loads(cache.read_text())["metrics"]
     metrics = metrics_of(load_model_and_tokenizer(vft_dir, device)[0], enc, test, train_groups, cfg)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    write_output(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")  # a cut file is never read
     return metrics
 
 
