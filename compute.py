@@ -106,7 +106,7 @@ def log(*args, **kwargs):
     """print, on rank 0 only (one progress line per step however many processes run), flushed at once so that a
     log file or torchrun's output shows progress as it happens."""
     if is_main():
-        print(*args, **kwargs, flush=True)
+        print(*args, **{"flush": True, **kwargs})
 
 
 def progress(t0, done, left):

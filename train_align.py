@@ -167,8 +167,8 @@ def train(cfg):
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
     path, vft_dir = ensure_prerequisites(cfg), find_checkpoint(cfg.vft)
     seed_rng(cfg.seed)
-    model, enc = load_model_and_tokenizer(vft_dir, device)  # first: a broken VFT model is named as such, not
-    groups, header = cands.load_groups(path, cfg.vft, enc.n_vocab)  # blamed on the candidates' fingerprint
+    model, enc = load_model_and_tokenizer(vft_dir, device)  # read first: a broken model file is named as such,
+    groups, header = cands.load_groups(path, cfg.vft, enc.n_vocab)  # not taken for another model's candidates
     task = {key: value for key, value in run_config(vft_dir).items() if key in TASK_FIELDS}  # saved with the run
     model, state = resumed or (model, {"step": 0, "history": {"train": []}})
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
