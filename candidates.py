@@ -11,7 +11,6 @@ model's file is refused), then one group per line (GROUP, CANDIDATE). A chain cu
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import torch
 
 import compute
 from checkpoint import fingerprints, load_model_and_tokenizer, model_directory
-from configurator import UserError, bounded, config_to_dict, main, validate
+from configurator import UserError, bounded, check_input, check_output, config_to_dict, main, validate, write_output
 from data.answers import grade, is_correct
-from data.dataset import run_config, task_from_config
-from evaluate import check_writable, complete
+from data.dataset import TASKS, run_config, task_from_config
+from evaluate import complete
 from sequences import encode_pair, fits, score_pairs
 
 GROUP = {"question": str, "answer": str, "candidates": list, "samples_correct": int, "samples": int, "samples_cut": int}
@@ -34,7 +33,7 @@ CANDIDATE = {"ids": list, "text": str, "correct": bool, "grade": (int, float), "
 class Config:
     ckpt: str = "out/vft"                       # the VFT run, or a model directory (nanoAFT or Hugging Face)
     out: str = ""                               # "" = <ckpt>/candidates.jsonl
-    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    dataset: str = field(default="synth", metadata={"choices": TASKS})  # task of a model without a run (else the run's)
     data_dir: str = ""                          # gsm8k jsonl directory, likewise
     n_questions: int = bounded(2000, min=1)     # training questions to sample for (the first ones of the split)
     k: int = bounded(8, min=1)                  # samples per question [ours default]
@@ -71,8 +70,8 @@ def build_groups(model, enc, examples, k, temperature, max_new_tokens, batch_siz
     return groups
 
 
-def problem(record, schema):
-    """What makes a JSON record unlike its schema (GROUP, CANDIDATE; numbers finite, ids token ids), or None."""
+def problem(record, schema, n_vocab=math.inf):
+    """What makes a JSON record unlike its schema (GROUP, CANDIDATE; numbers finite, ids below n_vocab), or None."""
     if not isinstance(record, dict):
         return "not a JSON object"
     for key, kind in schema.items():
@@ -80,15 +79,15 @@ def problem(record, schema):
         if not isinstance(value, kind) or isinstance(value, float) and not math.isfinite(value):
             return f"'{key}' is missing or not a finite {getattr(kind, '__name__', 'number')}"
     if schema is CANDIDATE:
-        ok = record["ids"] and all(type(t) is int and t >= 0 for t in record["ids"])
-        return None if ok else "'ids' is not a non-empty list of token ids"
+        ok = record["ids"] and all(type(t) is int and 0 <= t < n_vocab for t in record["ids"])
+        return None if ok else f"'ids' is not a non-empty list of token ids < {n_vocab}"
     for j, candidate in enumerate(record["candidates"]):
-        if error := problem(candidate, CANDIDATE):
+        if error := problem(candidate, CANDIDATE, n_vocab):
             return f"candidate {j}: {error}"
     return None if record["candidates"] else "a group without candidates"
 
 
-def load_groups(path, model_dir):
+def load_groups(path, model_dir, n_vocab=math.inf):
     """The groups in `path`, every line checked first, refused unless made by the model and tokenizer of model_dir."""
     path = Path(path)
     if not path.is_file():
@@ -105,7 +104,7 @@ def load_groups(path, model_dir):
     if not groups:
         raise UserError(f"{path}: a header and no groups")
     for number, group in enumerate(groups, start=2):
-        if error := problem(group, GROUP):
+        if error := problem(group, GROUP, n_vocab):
             raise UserError(f"{path}:{number}: {error}")
     expected = fingerprints(model_dir)
     for part in ("model", "tokenizer"):
@@ -134,10 +133,9 @@ def interleave(shards):
 def build(cfg):
     """Sample, label, grade and score candidates for cfg.ckpt; write them; return (groups, header)."""
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
+    check_input(cfg.ckpt, "ckpt")
     device = compute.init(cfg.device)
-    path = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / "candidates.jsonl"
-    if compute.is_main():
-        check_writable(path)
+    path = check_output(cfg.out or Path(cfg.ckpt) / "candidates.jsonl", "out", is_dir=False)  # on every rank: all stop
     directory = model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     run = run_config(directory) or {"dataset": cfg.dataset, "data_dir": cfg.data_dir}  # the run's own task
@@ -146,8 +144,7 @@ def build(cfg):
     if not examples:
         raise UserError(f"{directory}: no training question fits in the model's block_size of {block_size}")
     compute.log(f"candidates: k={cfg.k} at temperature {cfg.temperature} for {len(examples)} training questions "
-                f"with {directory} on {compute.world_size()} process(es); {len(first) - len(examples)} left out, "
-                f"longer than block_size {block_size} with their reference chain", flush=True)
+                f"with {directory} on {compute.world_size()} process(es); {len(first) - len(examples)} too long")
     with compute.autocast(device, cfg.dtype):
         groups = build_groups(model, enc, examples[compute.rank()::compute.world_size()], cfg.k, cfg.temperature,
                               cfg.max_new_tokens, cfg.batch_size, cfg.seed + 1_000_003 * compute.rank())
@@ -155,14 +152,13 @@ def build(cfg):
     task = {"dataset": run.get("dataset", "synth"), "data_dir": run.get("data_dir") or ""}
     header = {"fingerprint": fingerprints(directory), "config": config_to_dict(replace(cfg, **task)),
               "summary": summarize(groups)}
-    if compute.is_main():  # written whole to a temporary file, then renamed into place
-        Path(f"{path}.tmp").write_text("".join(json.dumps(record) + "\n" for record in [header, *groups]))
-        os.replace(f"{path}.tmp", path)
+    if compute.is_main():
+        write_output(path, "".join(json.dumps(record) + "\n" for record in [header, *groups]))
     compute.barrier()  # the file exists for every rank from here on
-    compute.log(f"candidates: {json.dumps(header['summary'])} -> {path}", flush=True)  # the one summary line
+    compute.log(f"candidates: {json.dumps(header['summary'])} -> {path}")  # the one summary line
     if header["summary"]["cut_share"] > 0.05:
         compute.log(f"candidates: warning: {header['summary']['cut_share']:.0%} of the samples were cut at "
-                    f"--max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger budget", flush=True)
+                    f"--max_new_tokens={cfg.max_new_tokens} and count as wrong; consider a larger budget")
     return groups, header
 
 

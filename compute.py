@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -102,9 +103,20 @@ def is_main():
 
 
 def log(*args, **kwargs):
-    """print, on rank 0 only: one progress line per step however many processes run."""
+    """print, on rank 0 only (one progress line per step however many processes run), flushed at once so that a
+    log file or torchrun's output shows progress as it happens."""
     if is_main():
-        print(*args, **kwargs)
+        print(*args, **{"flush": True, **kwargs})
+
+
+def progress(t0, done, left):
+    """"elapsed m:ss | eta m:ss" after `done` units of work since time t0, with `left` still to do."""
+    elapsed = time.time() - t0
+    return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
+
+
+def format_seconds(seconds):
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 def init(device_name):
@@ -147,11 +159,12 @@ def barrier():
 
 def check(cfg):
     """Refuse, before any work, a trainer config whose --parallel is unknown or whose global batch does not split
-    into world_size x grad_accum equal micro-batches."""
+    into world_size x grad_accum equal micro-batches. Works before init: torchrun states the world size."""
+    processes = world_size() if dist.is_initialized() else int(os.environ["WORLD_SIZE"]) if launched() else 1
     if cfg.parallel not in PARALLEL:
         raise UserError(f"--parallel={cfg.parallel}: choose one of {', '.join(PARALLEL)}")
-    if cfg.grad_accum < 1 or cfg.batch_size % (world_size() * cfg.grad_accum):
-        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {world_size()} processes x "
+    if cfg.grad_accum < 1 or cfg.batch_size % (processes * cfg.grad_accum):
+        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {processes} processes x "
                         f"--grad_accum={cfg.grad_accum}")
 
 

@@ -15,7 +15,9 @@ checks every field of a config against its type, its choices and its range, and 
 every float field; the train functions call it first, so a config built in a notebook is checked like the
 command line. Nothing is evaluated: a value is converted by its type or rejected. A mistake raises `UserError`,
 whose one-line message names the flag; `main` prints it and exits with status 2. `check_output(path, flag)`
-refuses an output path that cannot be written, before any work, for every script that writes one.
+refuses an output path that cannot be written, before any work, for every script that writes one, and
+`write_output` writes it at the end, whole or not at all; `check_input` refuses an input path that is empty or
+names nothing.
 """
 
 import dataclasses
@@ -233,6 +235,35 @@ def check_output(path, flag, is_dir=True):
     except OSError as e:
         raise UserError(f"--{flag}={path}: cannot write in {existing} ({e.strerror or e})") from None
     return path
+
+
+def write_output(path, text):
+    """Write `text` to the file `path` whole or not at all: into a temporary file beside it, renamed into place
+    (creating the directories check_output accepted as missing). A failed write (a full disk) is a UserError
+    naming the file and leaves no temporary file behind."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def check_input(path, flag, shipped=False):
+    """Refuse, before any work, an input path that is empty (which would quietly mean the current directory) or
+    that does not exist; the message names the flag. Returns `path` as a Path. `shipped`: a relative path that does
+    not exist from here is looked up in the repository too (a file that ships with it, such as data/'s)."""
+    if not str(path).strip():
+        raise UserError(f"--{flag} is empty: give a path")
+    here, repository = Path(path), Path(__file__).resolve().parent / path
+    if not here.exists() and shipped and not here.is_absolute() and repository.exists():
+        return repository
+    if not here.exists():
+        raise UserError(f"--{flag}={path}: no such file or directory")
+    return here
 
 
 def main(fn, config_cls, argv=None):

@@ -17,9 +17,9 @@ import torch
 
 import compute
 from checkpoint import load_model_and_tokenizer, model_directory
-from configurator import UserError, bounded, main, validate
+from configurator import UserError, bounded, check_input, check_output, main, validate, write_output
 from data.answers import extract_answer, is_correct, is_degenerate
-from data.dataset import run_task
+from data.dataset import TASKS, run_task
 from losses import mean_logprob
 from sample import generate
 from sequences import encode_pair, fits, score_pairs
@@ -28,7 +28,7 @@ from sequences import encode_pair, fits, score_pairs
 @dataclass
 class Config:
     ckpt: str = "out/vft"                       # run, checkpoint or model directory (nanoAFT or Hugging Face)
-    dataset: str = "synth"                      # task of a model without a training run (else the run's)
+    dataset: str = field(default="synth", metadata={"choices": TASKS})  # task of a model without a run (else the run's)
     data_dir: str = ""                          # gsm8k jsonl directory, likewise
     split: str = field(default="test", metadata={"choices": ("test", "val")})  # "val" to tune, "test" for the table
     n_questions: int = bounded(1000, min=1)     # questions for greedy accuracy and gold PPL
@@ -41,15 +41,6 @@ class Config:
     device: str = "auto"                        # "auto", "cpu", "cuda"
     dtype: str = field(default="float32", metadata={"choices": compute.DTYPES})  # bfloat16: autocast (compute.py)
     out: str = ""                               # JSON output path ("" = <ckpt>/eval_<split>.json)
-
-
-def check_writable(path):
-    """Create and remove the temporary file beside `path`: an unwritable output fails now, not after the work."""
-    try:
-        Path(f"{path}.tmp").write_text("")
-        Path(f"{path}.tmp").unlink()
-    except OSError as e:
-        raise UserError(f"{path}: cannot write there ({e.strerror})") from None
 
 
 def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0.0, batch_size=128,
@@ -67,10 +58,9 @@ def complete(model, enc, questions, max_new_tokens, num_samples=1, temperature=0
         out = generate(model, prompts, min(max_new_tokens, room), num_samples=num_samples, temperature=temperature,
                        eot_id=enc.eot_token, generator=generator, n_vocab=enc.n_vocab)
         ids += [out.row(row) for row in range(out.tokens.shape[0])]
-        done, now = start + len(prompts), time.time()
-        if label and (now - shown >= 10 or done == len(questions)):
-            compute.log(f"{label}: {done}/{len(questions)} questions | elapsed {now - t0:.0f}s | "
-                        f"eta {(now - t0) / done * (len(questions) - done):.0f}s", flush=True)
+        done, left, now = start + len(prompts), len(questions) - start - len(prompts), time.time()
+        if label and (now - shown >= 10 or not left):
+            compute.log(f"{label}: {done}/{len(questions)} questions | {compute.progress(t0, done, left)}")
             shown = now
     return [enc.decode([t for t in row if t != enc.eot_token], errors="replace") for row in ids], ids
 
@@ -133,28 +123,22 @@ def group_scores(model, enc, groups, batch_size=128):
     return scores, correct, gold, valid
 
 
-def group_assessment(model, enc, groups, batch_size=128):
-    """A-Acc of `model` on stored candidate groups, over the sampled chains only (gold chains left out)."""
-    scores, correct, gold, valid = group_scores(model, enc, groups, batch_size)
-    return {"a_acc_train": assessment_accuracy(scores, correct.float(), valid & ~gold)[0]}
-
-
-def gold_perplexity(model, enc, examples, batch_size=128):
-    """exp(-sum S / sum |c|) of the reference COTs (end-of-text included) that fit in the model's context."""
-    pairs = [encode_pair(enc, ex["question"], ex["answer"]) for ex in examples]
-    total, count = score_pairs(model, [p for p in pairs if fits(p, model.config.block_size)], enc.eot_token, batch_size)
-    return float(torch.exp(-total.sum() / count.sum()))
-
-
 @torch.no_grad()  # scoring only: no graph for score_pairs to build
-def evaluate_model(model, enc, examples, cfg):
-    """Every metric of the module docstring on `examples`, as a flat dict."""
+def evaluate_model(model, enc, examples, cfg, groups=()):
+    """Every metric of the module docstring on `examples`, as a flat dict; given stored candidate groups, also their
+    A-Acc (a_acc_train) over the sampled chains only (gold chains left out)."""
     greedy = greedy_accuracy(model, enc, examples[:cfg.n_questions], cfg.max_new_tokens, cfg.batch_size)
+    golds = [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples[:cfg.n_questions])
+             if fits(p, model.config.block_size)]  # the reference COTs (end-of-text included) that fit the context
+    total, count = score_pairs(model, golds, enc.eot_token, cfg.batch_size)
     metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
-               "gold_ppl": gold_perplexity(model, enc, examples[:cfg.n_questions], cfg.batch_size)}
+               "gold_ppl": float(torch.exp(-total.sum() / count.sum()))}  # gold PPL: exp(-sum S / sum |c|)
     if cfg.k_questions > 0:
         metrics.update(sampled_metrics(model, enc, examples[:cfg.k_questions], cfg.k, cfg.temperature,
                                        cfg.max_new_tokens, cfg.batch_size, cfg.seed))
+    if groups:
+        scores, correct, gold, valid = group_scores(model, enc, groups, cfg.batch_size)
+        metrics["a_acc_train"] = assessment_accuracy(scores, correct.float(), valid & ~gold)[0]
     return metrics
 
 
@@ -171,16 +155,15 @@ def format_table(rows):
 def run(cfg):
     """Evaluate cfg.ckpt on cfg.split; every setting and the output path are checked before the model loads."""
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
-    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt) / f"eval_{cfg.split}.json"
-    check_writable(out)
-    device = compute.pick_device(cfg.device)
-    directory = model_directory(cfg.ckpt)
+    check_input(cfg.ckpt, "ckpt")
+    out = check_output(cfg.out or Path(cfg.ckpt) / f"eval_{cfg.split}.json", "out", is_dir=False)
+    device, directory = compute.pick_device(cfg.device), model_directory(cfg.ckpt)
     model, enc = load_model_and_tokenizer(directory, device)
     examples = run_task(directory, cfg.dataset, cfg.data_dir)[cfg.split]
     with compute.autocast(device, cfg.dtype):
         metrics = evaluate_model(model, enc, examples, cfg)
     print(format_table({str(directory): metrics}))
-    out.write_text(json.dumps(metrics, indent=1) + "\n")
+    write_output(out, json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {out}")
     return metrics
 

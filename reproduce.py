@@ -28,7 +28,7 @@ import candidates as cands
 import train_align
 import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_tokenizer_of
-from compute import pick_device
+from compute import format_seconds, pick_device
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
 from data.dataset import run_task
 
@@ -248,7 +248,7 @@ def run(cfg):
             if any(r["seed"] == seed and r["method"] == method and r["settings"] == settings for r in records):
                 continue
             t0 = time.time()
-            print(f"=== reproduce: seed {seed}, {method} (elapsed {train_sft.format_seconds(t0 - t_start)})",
+            print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(t0 - t_start)})",
                   flush=True)
             metrics = run_method(cfg, method, seed, vft_dir, cand_path, root)
             records.append({"seed": seed, "method": method, "settings": settings, "metrics": metrics,
@@ -258,7 +258,7 @@ def run(cfg):
     table = format_markdown(summarize(done, methods), cfg)
     (out / "results.md").write_text(table + "\n")
     print(table)
-    print(f"reproduce: {train_sft.format_seconds(time.time() - t_start)} -> {out / 'results.md'}")
+    print(f"reproduce: {format_seconds(time.time() - t_start)} -> {out / 'results.md'}")
     return summarize(done, methods)
 
 

@@ -22,11 +22,11 @@ import candidates as cands
 import compute
 import losses
 import train_sft
-from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of, lock_run_dir,
-                        restore_training, resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
-from configurator import UserError, bounded, config_to_dict, main
+from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, lock_run_dir, restore_training,
+                        resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
+from configurator import UserError, bounded, config_to_dict, main, write_output
 from data.dataset import TASK_FIELDS, run_config, run_task
-from evaluate import Config as EvalConfig, evaluate_model, format_table, group_assessment
+from evaluate import Config as EvalConfig, evaluate_model, format_table
 from sequences import collate, encode_pair
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
@@ -75,17 +75,17 @@ def check_config(cfg):
 
 
 def ensure_prerequisites(cfg):
-    """The VFT run and its candidate groups: reused when present, built (with a note) if missing at the defaults."""
+    """The VFT run and its candidate file's path: reused when present, built (with a note) when missing at defaults."""
     if not has_checkpoint(cfg.vft):
-        compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)", flush=True)
+        compute.log(f"prerequisite: no VFT run in {cfg.vft}; training one (python train_sft.py)")
         train_sft.train(train_sft.Config(out_dir=cfg.vft))
     path = Path(cfg.candidates or Path(cfg.vft) / "candidates.jsonl")
     if not path.is_file():
-        compute.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py)", flush=True)
+        compute.log(f"prerequisite: no candidates at {path}; sampling them (python candidates.py)")
         cands.build(cands.Config(ckpt=cfg.vft, out=str(path), n_questions=cfg.n_questions, k=cfg.k,
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
                                  dtype=cfg.dtype))
-    return cands.load_groups(path, cfg.vft)
+    return path
 
 
 def group_batch(groups, enc, K, device):
@@ -141,7 +141,7 @@ def metrics_of(model, enc, test, train_groups, cfg):
     """Test metrics plus A-Acc on the (already seen) training groups."""
     config = EvalConfig(n_questions=cfg.test_questions, k_questions=cfg.k_questions, max_new_tokens=cfg.max_new_tokens)
     with compute.autocast(next(model.parameters()).device, cfg.dtype):
-        return {**evaluate_model(model, enc, test, config), **group_assessment(model, enc, train_groups)}
+        return evaluate_model(model, enc, test, config, train_groups)
 
 
 def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
@@ -152,7 +152,7 @@ def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
         return json.loads(cache.read_text())["metrics"]
     metrics = metrics_of(load_model_and_tokenizer(vft_dir, device)[0], enc, test, train_groups, cfg)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    write_output(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")  # a cut file is never read
     return metrics
 
 
@@ -161,16 +161,16 @@ def train(cfg):
     every process trains its share of each batch; only rank 0 prints, saves and evaluates."""
     cfg = check_config(cfg)
     device = compute.init(cfg.device)
-    compute.check(cfg)
     must_match = ("loss", "constraint", "max_steps", "batch_size", "seed", "learning_rate", "beta")
     resumed = resume_or_start(cfg.out_dir, cfg, "align", must_match, device)  # reads only
     if compute.is_main():
         lock_run_dir(cfg.out_dir)  # before any work: one run per directory, and it is writable
-    groups, header = ensure_prerequisites(cfg)
-    enc, vft_dir = load_tokenizer_of(cfg.vft), find_checkpoint(cfg.vft)
-    task = {key: value for key, value in run_config(vft_dir).items() if key in TASK_FIELDS}  # saved with the run
+    path, vft_dir = ensure_prerequisites(cfg), find_checkpoint(cfg.vft)
     seed_rng(cfg.seed)
-    model, state = resumed or (load_model_and_tokenizer(cfg.vft, device)[0], {"step": 0, "history": {"train": []}})
+    model, enc = load_model_and_tokenizer(vft_dir, device)  # read first: a broken model file is named as such,
+    groups, header = cands.load_groups(path, cfg.vft, enc.n_vocab)  # not taken for another model's candidates
+    task = {key: value for key, value in run_config(vft_dir).items() if key in TASK_FIELDS}  # saved with the run
+    model, state = resumed or (model, {"step": 0, "history": {"train": []}})
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "
                 f"{compute.world_size()} process(es), steps {state['step']}..{cfg.max_steps} -> {cfg.out_dir}")
     model, trainee = compute.prepare(model, cfg, device)  # DDP / FSDP, activation checkpointing, compile
@@ -215,7 +215,7 @@ def train(cfg):
             history["train"].append(record)
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
             compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | "
-                        f"{train_sft.progress(t0, done - start, last - done)}", flush=True)
+                        f"{compute.progress(t0, done - start, last - done)}")
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 

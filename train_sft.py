@@ -18,7 +18,7 @@ import torch
 import compute
 from checkpoint import (load_model_and_tokenizer, load_tokenizer_of, lock_run_dir, restore_training, resume_or_start,
                         save_run, seed_rng, unlock_run_dir, whole_model)
-from configurator import UserError, bounded, config_to_dict, main, validate
+from configurator import UserError, bounded, check_input, config_to_dict, main, validate
 from data.dataset import TASK_FIELDS, TaskConfig, task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob, nll_loss, sequence_logprobs
@@ -65,19 +65,16 @@ class Config(TaskConfig, TrainConfig):  # the fields of TrainConfig, then TaskCo
     eval_examples: int = bounded(256, min=1)  # validation pairs for the eval loss
 
 
-def resolve(path):
-    """A relative path that does not exist from here is looked up in the repository (data/ ships there)."""
-    return Path(path) if Path(path).is_absolute() or Path(path).exists() else Path(__file__).resolve().parent / path
-
-
 def check_config(cfg):
     """Refuse, before any work, what `validate` cannot see alone: paths, and settings that contradict each other."""
     validate(cfg)
+    compute.check(cfg)  # the batch splits into the processes' micro-batches
     if not cfg.out_dir or cfg.min_lr > cfg.learning_rate:
         raise UserError("--out_dir must name a directory" if not cfg.out_dir else "--min_lr is above --learning_rate")
-    for name in ("init_from", "tokenizer"):  # train_sft's own inputs (train_align's are checked there)
-        if getattr(cfg, name, "") and not resolve(getattr(cfg, name)).exists():
-            raise UserError(f"--{name}={getattr(cfg, name)}: no such file or directory")
+    if isinstance(cfg, Config):  # train_sft's own inputs (train_align's are checked there); init_from "" = fresh
+        check_input(cfg.tokenizer, "tokenizer", shipped=True)
+        if cfg.init_from:
+            check_input(cfg.init_from, "init_from")
 
 
 def batch_indices(step, batch_size, n, seed):
@@ -120,21 +117,11 @@ def apply_gradients(model, optimizer, cfg, step, loss, lr):
     return loss
 
 
-def format_seconds(seconds):
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
-
-
-def progress(t0, done, left):  # "elapsed m:ss | eta m:ss" after `done` steps since t0, `left` to go
-    elapsed = time.time() - t0
-    return f"elapsed {format_seconds(elapsed)} | eta {format_seconds(elapsed / done * left)}"
-
-
 def train(cfg):
     """Run VFT; returns the history (train / eval records, final test metrics). Under torchrun every process
     trains its share of each batch; only rank 0 prints, saves and measures the test accuracy."""
     check_config(cfg)
     device = compute.init(cfg.device)
-    compute.check(cfg)
     task = task_from_config(config_to_dict(cfg))
     must_match = ("max_steps", "batch_size", "seed", "learning_rate") + TASK_FIELDS  # else another run
     resumed = resume_or_start(cfg.out_dir, cfg, "sft", must_match, device)  # reads only
@@ -147,7 +134,7 @@ def train(cfg):
     elif cfg.init_from:
         model, enc = load_model_and_tokenizer(cfg.init_from, device, convert_to=Path(cfg.out_dir) / "init")
     else:
-        enc = load_tokenizer(resolve(cfg.tokenizer))
+        enc = load_tokenizer(check_input(cfg.tokenizer, "tokenizer", shipped=True))
         model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                 block_size=cfg.block_size)).to(device)
     pairs = {split: [p for p in (encode_pair(enc, ex["question"], ex["answer"]) for ex in examples)
@@ -186,12 +173,12 @@ def train(cfg):
         if done % cfg.log_every == 0 or done == last:
             history["train"].append({"step": done, "loss": loss, "lr": lr})
             compute.log(f"step {done:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                        f"{progress(t0, done - start, last - done)}", flush=True)
+                        f"{compute.progress(t0, done - start, last - done)}")
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
             with torch.no_grad(), compute.autocast(device, cfg.dtype):  # every rank: FSDP forwards need them all
                 sum_logp, n_tokens = score_pairs(compute.unwrap(model), pairs["val"], enc.eot_token, cfg.batch_size)
             history["eval"].append({"step": done, "val_loss": -mean_logprob(sum_logp, n_tokens).mean().item()})
-            compute.log(f"step {done:5d} | val loss {history['eval'][-1]['val_loss']:.4f}", flush=True)
+            compute.log(f"step {done:5d} | val loss {history['eval'][-1]['val_loss']:.4f}")
         if done % cfg.save_every == 0 or done == last:
             full = save(done)
 
@@ -201,7 +188,7 @@ def train(cfg):
             metrics = greedy_accuracy(plain, enc, task["test"][:cfg.test_questions], cfg.max_new_tokens)
         history["test"] = {k: v for k, v in metrics.items() if k != "outputs"}
         compute.log(f"test: greedy accuracy {metrics['accuracy']:.3f} on {metrics['n']} questions, "
-                    f"degeneration {metrics['degeneration']:.3f}", flush=True)
+                    f"degeneration {metrics['degeneration']:.3f}")
         save(last, full)
     unlock_run_dir(cfg.out_dir)
     compute.barrier()  # the ranks leave together: none tears the process group down under another's feet

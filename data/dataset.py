@@ -4,10 +4,10 @@ completion is ever scored). synth is generated (data/synth.py); gsm8k and aqua a
 downloaded (no network at run time)."""
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from configurator import UserError, bounded
+from configurator import UserError, bounded, validate
 from data import synth
 from data.answers import extract_answer
 
@@ -18,7 +18,7 @@ LETTERS = "ABCDE"
 
 @dataclass
 class TaskConfig:  # the task a run trains on (train_sft.Config's, saved with the run; task_from_config reads it)
-    dataset: str = "synth"          # "synth": the built-in generated task; "gsm8k", "aqua": files in data_dir
+    dataset: str = field(default="synth", metadata={"choices": TASKS})  # synth: generated; gsm8k, aqua: data_dir's
     data_dir: str = ""              # folder of the task files (gsm8k: train/test.jsonl; aqua: dev/test.json)
     n_train: int = bounded(30000, min=1)  # generated training problems (synth)
     data_seed: int = bounded(0, min=0)  # seed of the generated task (the same task for every training seed)
@@ -131,9 +131,14 @@ def task_from_config(config):
 
 
 def run_config(model_dir):
-    """The training config saved with the checkpoint in `model_dir` (trainer.json), or {} (a model saved alone)."""
-    trainer = Path(model_dir) / "trainer.json"
-    return json.loads(trainer.read_text()).get("config", {}) if trainer.is_file() else {}
+    """The training config saved with the checkpoint in `model_dir` (trainer.json, its task fields checked), or {}."""
+    path = Path(model_dir) / "trainer.json"
+    try:
+        config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+        validate(TaskConfig(**{key: config[key] for key in TASK_FIELDS if key in config}))
+    except (OSError, ValueError, AttributeError, TypeError, UserError) as e:  # unreadable, not JSON, a wrong value
+        raise UserError(f"{path}: not the config of a training run ({e})") from None
+    return config
 
 
 def run_task(model_dir, dataset="synth", data_dir=""):

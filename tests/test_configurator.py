@@ -10,7 +10,8 @@ from typing import Optional
 
 import pytest
 
-from configurator import UserError, bounded, check_output, config_to_dict, format_help, main, parse_args, validate
+from configurator import (UserError, bounded, check_input, check_output, config_to_dict, format_help, main, parse_args,
+                          validate, write_output)
 
 
 @dataclass
@@ -269,3 +270,34 @@ def test_check_output_refuses_unusable_paths_and_leaves_nothing_behind(tmp_path)
     assert check_output(tmp_path / "a_file", "out", is_dir=False) == tmp_path / "a_file"
     assert check_output(tmp_path / "a_dir" / "f.json", "out", is_dir=False) == tmp_path / "a_dir" / "f.json"
     assert _tree(tmp_path) == before
+
+
+def test_check_input_names_the_flag_of_an_empty_or_missing_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "" would otherwise quietly mean this directory, which exists
+    for path, expected in [("", "--ckpt is empty"), (" ", "--ckpt is empty"),
+                           (tmp_path / "no_such_run", "--ckpt=" + str(tmp_path / "no_such_run") + ": no such file")]:
+        with pytest.raises(UserError, match=expected):
+            check_input(path, "ckpt")
+    (tmp_path / "run").mkdir()
+    assert check_input("run", "ckpt") == Path("run")
+    # shipped: a relative path missing here is looked up in the repository (data/ ships there), never an absolute one
+    shipped = check_input("data/tokenizer.tiktoken", "tokenizer", shipped=True)
+    assert shipped.is_absolute() and shipped == Path(__file__).resolve().parents[1] / "data" / "tokenizer.tiktoken"
+    with pytest.raises(UserError, match="no such file"):
+        check_input("data/tokenizer.tiktoken", "tokenizer")
+    with pytest.raises(UserError, match="no such file"):
+        check_input(tmp_path / "data" / "tokenizer.tiktoken", "tokenizer", shipped=True)
+
+
+def test_write_output_writes_whole_files_and_names_a_failed_write(tmp_path):
+    path = tmp_path / "new" / "dir" / "eval.json"  # missing directories, as check_output accepts them
+    write_output(path, "{}\n")
+    assert path.read_text() == "{}\n" and _tree(tmp_path) == ["new", "new/dir", "new/dir/eval.json"]
+    write_output(path, "[]\n")  # replaced whole
+    assert path.read_text() == "[]\n"
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_dir" / "x").write_text("")
+    with pytest.raises(UserError, match="a_dir: cannot write") as info:
+        write_output(tmp_path / "a_dir", "text")  # the rename onto a non-empty directory fails
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "new"]  # no temporary file left behind
