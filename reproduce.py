@@ -30,7 +30,7 @@ import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_tokenizer_of
 from compute import format_seconds, pick_device
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
-from data.dataset import run_task
+from data.dataset import TASKS, run_task
 
 METHODS = {
     "vft": None,
@@ -56,6 +56,9 @@ COLUMNS = ("t_acc", "d_t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gol
 class Config:
     methods: str = ",".join(METHODS)  # comma-separated subset of the methods above
     seeds: str = "0,1,2"            # training seeds (the task itself is fixed: data seed 0)
+    dataset: str = field(default="synth", metadata={"choices": TASKS})  # the task: synth, gsm8k or aqua (data_dir's)
+    data_dir: str = ""              # folder of the gsm8k / aqua files
+    block_size: int = bounded(384, min=16)  # context of the fresh VFT model (AQuA's chains need about 768)
     out_dir: str = "out/reproduce"  # one sub-directory per seed, results.json and results.md
     eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # "val" while tuning
     vft_steps: int = bounded(800, min=1)  # VFT steps per seed (train_sft.py's default)
@@ -106,7 +109,7 @@ def seed_number(text):
 
 def vft_config(cfg, seed, vft_dir):
     return train_sft.Config(out_dir=str(vft_dir), seed=seed, max_steps=cfg.vft_steps, test_questions=0,
-                            overwrite=True)
+                            overwrite=True, dataset=cfg.dataset, data_dir=cfg.data_dir, block_size=cfg.block_size)
 
 
 def candidates_config(cfg, seed, vft_dir, cand_path):

@@ -127,7 +127,7 @@ NUMERIC = {
         "top_k": "nonneg_int", "top_p": "prob", "seed": "any",
     },
     "reproduce": {
-        "vft_steps": "pos_int", "n_questions": "pos_int", "k": "pos_int", "temperature": "nonneg_float",
+        "vft_steps": "pos_int", "block_size": "pos_int", "n_questions": "pos_int", "k": "pos_int", "temperature": "nonneg_float",
         "align_steps": "pos_int", "batch_size": "pos_int", "learning_rate": "nonneg_float", "beta": "pos_float",
         "beta_dpo": "pos_float", "test_questions": "nonneg_int", "k_questions": "nonneg_int",
     },

@@ -76,3 +76,18 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
     capsys.readouterr()
     reproduce.run(cfg)  # everything is done: nothing is trained again
     assert "=== reproduce" not in capsys.readouterr().out
+
+
+def test_an_aqua_row(tmp_path):
+    """The results table can have an AQuA row: the same miniature experiment on a slice of AQuA-RAT."""
+    from test_aqua import AQUA, write_slice
+    if not (AQUA / "dev.json").is_file():
+        pytest.skip("AQuA-RAT is not beside the repository")
+    write_slice(tmp_path / "aqua")
+    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path / "rep"), dataset="aqua",
+                           data_dir=str(tmp_path / "aqua"), block_size=768, vft_steps=2, n_questions=3, k=2,
+                           align_steps=1, batch_size=1, test_questions=2, k_questions=2)
+    table = reproduce.run(cfg)
+    assert set(table) == {"vft", "aft_bc"}
+    vft_config = json.loads((tmp_path / "rep" / "seed0" / "vft" / "checkpoint" / "trainer.json").read_text())["config"]
+    assert (vft_config["dataset"], vft_config["block_size"]) == ("aqua", 768)
