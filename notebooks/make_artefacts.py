@@ -1,6 +1,6 @@
 """
 The artefacts lessons 02 and 04 start from, in notebooks/artefacts/vft/: a VFT model and its own candidate groups,
-small enough to commit (about 6 MB) and exactly regenerable with the project's own functions:
+small enough to commit (4.7 MB) and exactly regenerable with the project's own functions:
 
 1. VFT: `train_sft.train(train_sft.Config())`, the default run, i.e. `python train_sft.py` on a fresh clone. It
    runs in an empty temporary directory, so its run directory is out/vft there, as on a fresh clone, and its
@@ -15,8 +15,9 @@ small enough to commit (about 6 MB) and exactly regenerable with the project's o
 Regenerate and check (from the repository root):
 
     python notebooks/make_artefacts.py                  # train + sample + copy: about 5 minutes on 2 CPU cores
-    python notebooks/make_artefacts.py --from=out/vft   # reuse an existing default VFT run (python train_sft.py)
+    python notebooks/make_artefacts.py --from=out/vft   # reuse an existing default VFT run: about 1 minute
     python notebooks/make_artefacts.py --check          # regenerate in a temporary directory, compare sha256
+    python notebooks/make_artefacts.py --check --from=out/vft   # the same, reusing a default VFT run: 1 minute
 
 --check exits 0 when every regenerated file has the committed file's sha256, 1 otherwise, naming the files that
 differ. Training and sampling are deterministic on one machine with one torch version; another CPU or torch
@@ -81,10 +82,11 @@ def regenerate(dest, source=None):
         print(f"{sha256(dest / name)}  {(dest / name).stat().st_size:>9,d}  {name}")
 
 
-def check():
-    """Regenerate from scratch and compare with the committed files; returns the names that differ."""
+def check(source=None):
+    """Regenerate (from scratch, or from `source`, a default VFT run) and compare with the committed files; returns
+    the names that differ."""
     with tempfile.TemporaryDirectory() as tmp:
-        regenerate(tmp)
+        regenerate(tmp, source)
         differ = [name for name in FILES
                   if not (ARTEFACTS / name).is_file() or sha256(Path(tmp) / name) != sha256(ARTEFACTS / name)]
     print("artefacts: identical to a fresh regeneration" if not differ else f"artefacts: differ: {', '.join(differ)}")
@@ -98,5 +100,5 @@ if __name__ == "__main__":
     parser.add_argument("--check", action="store_true", help="regenerate in a temporary directory and compare")
     args = parser.parse_args()
     if args.check:
-        sys.exit(1 if check() else 0)
+        sys.exit(1 if check(args.source or None) else 0)
     regenerate(ARTEFACTS, args.source or None)
