@@ -1,10 +1,11 @@
 """
 The artefacts lessons 02 and 04 start from, in notebooks/artefacts/vft/: a VFT model and its own candidate groups,
-small enough to commit (4.7 MB) and exactly regenerable with the project's own functions:
+small enough to commit (4.7 MB) and regenerated with the project's own functions (exactly for the sampling stage,
+see below):
 
 1. VFT: `train_sft.train(train_sft.Config())`, the default run, i.e. `python train_sft.py` on a fresh clone. It
    runs in an empty temporary directory, so its run directory is out/vft there, as on a fresh clone, and its
-   trainer.json is byte for byte the one a fresh `python train_sft.py` writes.
+   trainer.json records the same configuration a fresh `python train_sft.py` writes.
 2. Candidates: `candidates.build(candidates.Config(ckpt="out/vft", out="out/vft/candidates.jsonl",
    n_questions=300, k=8))`, i.e. `python candidates.py --n_questions=300` (the first 300 training questions, 8
    chains each at temperature 0.8, the gold chain added as a positive).
@@ -20,9 +21,20 @@ Regenerate and check (from the repository root):
     python notebooks/make_artefacts.py --check --from=out/vft   # the same, reusing a default VFT run: 1 minute
 
 --check exits 0 when every regenerated file has the committed file's sha256, 1 otherwise, naming the files that
-differ. Training and sampling are deterministic on one machine with one torch version; another CPU or torch
-build rounds floats differently, and then the weights (and so every file) differ while the lessons still teach
-the same thing. `--from` must name a run of the default `python train_sft.py` (it is refused otherwise).
+differ. What is exact, measured on the 2-core development machine (torch 2.13 CPU):
+
+- the sampling stage: `--check --from=out/vft`, from the VFT run the artefacts were copied from, regenerates every
+  file byte for byte (the checkpoint's files are copies; candidates.jsonl is resampled and rescored);
+- the VFT run is not: three runs of the default VFT agreed to 4 digits of the loss up to step 100 and parted by
+  step 150 (0.8219 for the shipped run, 0.8216 for a second one with the default threads, 0.8267 with
+  OMP_NUM_THREADS=1). Another thread count changes the order of float sums, and even the same settings did not
+  repeat the run; training amplifies the difference. A from-scratch `--check` therefore reports model.safetensors,
+  trainer.json and candidates.jsonl as different. The new model is another VFT model of the same recipe, and the
+  lessons' saved numbers would change with it.
+
+To replace the artefacts (after a change to training or sampling): regenerate, then refresh the lessons' saved
+outputs with `python notebooks/run_notebooks.py 02` and `04`, and reread the sentences that quote their numbers.
+`--from` must name a run of the default `python train_sft.py` (it is refused otherwise).
 """
 
 import argparse
