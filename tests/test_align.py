@@ -139,3 +139,11 @@ def test_an_explicit_vft_path_is_never_trained_into(tmp_path):
     with pytest.raises(UserError, match="--candidates=.*missing.jsonl: no such file"):
         train(replace(cfg, vft="out/vft", candidates=str(tmp_path / "missing.jsonl")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_sampled_metrics_and_no_training_groups_when_k_questions_is_0(vft_run):
+    if not (vft_run / "vft" / "candidates.jsonl").exists():
+        cands.build(cands.Config(ckpt=str(vft_run / "vft"), n_questions=6, k=4, max_new_tokens=12))
+    history = train(Config(vft=str(vft_run / "vft"), n_questions=6, k=4, batch_size=2, max_steps=1, test_questions=2,
+                           k_questions=0, max_new_tokens=8, out_dir=str(vft_run / "align-k0")))
+    assert "a_acc_train" not in history["metrics"]["aligned"] and "maj@4" not in history["metrics"]["aligned"]
