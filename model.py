@@ -64,8 +64,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        # weight * x / sqrt(mean(x^2) + eps), normalised in float32 whatever the activation dtype (as LLaMA does)
+    def forward(self, x):  # weight * x / sqrt(mean(x^2) + eps), in float32 whatever the activation dtype (as LLaMA)
+        if x.dtype == torch.float32:  # in float32 the weight goes inside the one call: decoding is many small steps
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
@@ -204,8 +205,9 @@ class GPT(nn.Module):
         x, rope = self.wte(idx), None  # (B, T, C); gpt2 adds position vectors, llama rotates queries and keys
         if self.config.family == "gpt2":
             x = x + self.wpe(positions)  # (B|1, T, C)
-        else:  # one angle table per row, shared by its heads
-            rope = self.rope_cos[positions].unsqueeze(-3), self.rope_sin[positions].unsqueeze(-3)  # (B|1, 1, T, hd)
+        else:  # one angle table per row, shared by its heads; a slice (no copy) when every row is at start..start+T-1
+            rows = slice(start, start + T) if left_pad is None else positions
+            rope = self.rope_cos[rows].unsqueeze(-3), self.rope_sin[rows].unsqueeze(-3)  # (B|1, 1, T, hd)
         recompute = self.checkpoint_activations and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
             args = (x, rope, kv_cache, layer, attn_mask, is_causal)
