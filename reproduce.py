@@ -2,7 +2,9 @@
 The reproduction experiment: per seed, VFT, then candidate groups, then every method of docs/method.md from the
 same VFT model, then a table of mean +- std over seeds.
 
-    python reproduce.py                                         # every method, seeds 0 1 2
+    python reproduce.py                                         # the headline methods, seeds 0-4
+    python reproduce.py --quick                                 # the classroom version (settings in QUICK)
+    python reproduce.py --methods=all                           # every method below
     python reproduce.py --methods=vft,vft_more,aft_bc --seeds=0  # a subset
     python reproduce.py --eval_split=val --out_dir=out/tune     # tuning: never look at the test split
 
@@ -14,23 +16,35 @@ Methods (train_align.py --loss / --constraint):
     aft_none / aft_dc / aft_bc   binary feedback, L_A / L_DC / L_BC    [paper]
     aft_rank  ranking feedback, L_RBC                                 [paper idea, formula ours]
     rrhf, rrhf_bc, pro, pro_bc, dpo, dpo_bc   baselines without / with the boundary constraint
-Results go to <out_dir>/results.json (one record per seed and method; a rerun skips what is done) and
-<out_dir>/results.md.
+Results go to <out_dir>/results.json (one record per seed and method, with its per-question greedy correctness;
+a rerun skips what is done) and <out_dir>/results.md: the mean +- std table, then for every method its paired T-Acc
+difference against VFT, RFT and vft_more with a 95% two-level bootstrap interval (seeds, then questions within
+each seed; both methods on the same questions). A difference is "shown" only when its interval excludes zero.
+
+Power: the defaults keep five seeds and the task's whole test split (synth: load_task's n_test, 1,000 questions;
+T-Acc on 5,000 needs a larger generated test split, which data/dataset.py does not yet offer through the run's
+config). The default methods are the headline ones, so that the run fits 2 CPU cores; the other baselines run
+with --methods=all or by name, into the same results.json.
 """
 
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 import candidates as cands
 import train_align
 import train_sft
-from checkpoint import find_checkpoint, has_checkpoint, load_tokenizer_of
+from checkpoint import find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of
+import compute
 from compute import format_seconds, pick_device
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
+from data.answers import is_correct
 from data.dataset import TASKS, run_task
+from evaluate import greedy_accuracy
 
 METHODS = {
     "vft": None,
@@ -47,6 +61,13 @@ METHODS = {
     "dpo": ("dpo", "none"),
     "dpo_bc": ("dpo", "bc"),
 }
+DEFAULT_METHODS = "vft,vft_more,rft,aft_none,aft_dc,aft_bc,aft_rank"  # the headline comparison (C2, C3)
+REFERENCES = ("vft", "rft", "vft_more")  # every method's T-Acc is compared with these, question by question
+# the classroom version: the headline comparison (AFT-bc against VFT, RFT and more VFT) with its interval
+QUICK = {"methods": "vft,vft_more,rft,aft_bc", "seeds": "0,1", "vft_steps": 400, "n_questions": 400,
+         "align_steps": 100, "test_questions": 500, "k_questions": 0}
+N_BOOT, BOOT_SEED = 2000, 0  # bootstrap resamples per interval, and the seed of their draws: fixed, so a
+# rerun from the same results.json prints the same intervals
 COLUMNS = ("t_acc", "d_t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gold_ppl", "degeneration")
 # d_t_acc: T-Acc minus the same seed's VFT T-Acc. The VFT models of different seeds differ by several points,
 # so paired differences tell methods apart where the raw means' spread cannot.
@@ -54,8 +75,9 @@ COLUMNS = ("t_acc", "d_t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gol
 
 @dataclass
 class Config:
-    methods: str = ",".join(METHODS)  # comma-separated subset of the methods above
-    seeds: str = "0,1,2"            # training seeds (the task itself is fixed: data seed 0)
+    methods: str = DEFAULT_METHODS  # comma-separated subset of the methods above, or "all"
+    seeds: str = "0,1,2,3,4"        # training seeds (the task itself is fixed: data seed 0)
+    quick: bool = False             # the classroom version: replaces the settings named in QUICK
     dataset: str = field(default="synth", metadata={"choices": TASKS})  # the task: synth, gsm8k or aqua (data_dir's)
     data_dir: str = ""              # folder of the gsm8k / aqua files
     block_size: int = bounded(384, min=16)  # context of the fresh VFT model (AQuA's chains need about 768)
@@ -70,8 +92,17 @@ class Config:
     learning_rate: float = bounded(1e-4, above=0)  # alignment learning rate
     beta: float = bounded(0.05, above=0)  # boundary margin of bc (tuned on the validation split)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
-    test_questions: int = bounded(500, min=0)  # questions for T-Acc and gold PPL
+    test_questions: int = bounded(1000, min=0)  # questions for T-Acc and gold PPL (at most the split's)
     k_questions: int = bounded(100, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
+
+
+def resolved(cfg):
+    """The config a run uses: with --quick, QUICK's settings in place of the given ones (and its own out_dir
+    when the default one was left, so the classroom run never mixes with the full one)."""
+    if not cfg.quick:
+        return cfg
+    out_dir = "out/reproduce_quick" if cfg.out_dir == Config.out_dir else cfg.out_dir
+    return replace(cfg, **QUICK, out_dir=out_dir)
 
 
 def parse_list(text, valid, flag):
@@ -122,7 +153,8 @@ def check_config(cfg):
     checked before any training, so a mistake costs nothing. The configs of the runs reproduce starts are checked
     too, with the values this config gives them."""
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
-    methods = parse_list(cfg.methods, list(METHODS), "methods")
+    methods = (list(METHODS) if cfg.methods.strip() == "all" else
+               parse_list(cfg.methods, list(METHODS), "methods"))
     seeds = parse_list(cfg.seeds, seed_number, "seeds")
     out = check_output(cfg.out_dir, "out_dir")
     root = out / f"seed{seeds[0]}"
@@ -161,6 +193,20 @@ def align_config(cfg, method, seed, vft_dir, cand_path, root):
                               save_every=cfg.align_steps, log_every=max(1, cfg.align_steps // 5),
                               test_questions=cfg.test_questions, k_questions=cfg.k_questions, k=cfg.k,
                               eval_split=cfg.eval_split, out_dir=str(root / method), overwrite=True, seed=seed)
+
+
+def per_question_correct(cfg, method, vft_dir, root):
+    """0/1 greedy correctness on each evaluated question of the method's saved model, in question order. The
+    metrics train_align returns are aggregates only, so the model is decoded again exactly as they decode it
+    (same questions, batch, token budget and precision)."""
+    acfg = align_config(cfg, method, 0, vft_dir, "", root)
+    directory = find_checkpoint(vft_dir if METHODS[method] is None else root / method)
+    device = pick_device("auto")
+    model, enc = load_model_and_tokenizer(directory, device)
+    examples = run_task(directory)[cfg.eval_split][:cfg.test_questions]
+    with compute.autocast(device, acfg.dtype):
+        texts = greedy_accuracy(model.eval(), enc, examples, acfg.max_new_tokens)["outputs"]
+    return [int(is_correct(text, ex["answer"])) for text, ex in zip(texts, examples)]
 
 
 def run_method(cfg, method, seed, vft_dir, cand_path, root):
@@ -237,6 +283,7 @@ def format_markdown(table, cfg):
 
 
 def run(cfg):
+    cfg = resolved(cfg)
     methods, seeds = check_config(cfg)  # every setting, before anything is trained or written
     out = Path(cfg.out_dir)
     results_path = out / "results.json"
@@ -254,15 +301,82 @@ def run(cfg):
             print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(t0 - t_start)})",
                   flush=True)
             metrics = run_method(cfg, method, seed, vft_dir, cand_path, root)
+            correct = per_question_correct(cfg, method, vft_dir, root)
+            if correct and abs(sum(correct) / len(correct) - metrics["t_acc"]) > 1e-9:
+                print(f"reproduce: warning: {method} seed {seed}: per-question accuracy "
+                      f"{sum(correct) / len(correct):.4f} differs from T-Acc {metrics['t_acc']:.4f}", flush=True)
             records.append({"seed": seed, "method": method, "settings": settings, "metrics": metrics,
-                            "seconds": round(time.time() - t0, 1)})
+                            "correct": correct, "seconds": round(time.time() - t0, 1)})
             results_path.write_text(json.dumps(records, indent=1) + "\n")
     done = [r for r in records if r["settings"] == settings]
     table = format_markdown(summarize(done, methods), cfg)
+    rows = compare(done, methods, N_BOOT, BOOT_SEED)
+    table += "\n\n" + format_comparisons(rows)
     (out / "results.md").write_text(table + "\n")
     print(table)
     print(f"reproduce: {format_seconds(time.time() - t_start)} -> {out / 'results.md'}")
     return summarize(done, methods)
+
+
+def bootstrap_difference(a, b, n_boot=2000, seed=0, level=0.95):
+    """Paired two-level bootstrap of the accuracy difference a - b. a, b: {seed: [0/1 per question]}, the same
+    questions in the same order for both. Each resample draws the seeds with replacement, then within each drawn
+    seed its questions with replacement, the same draw for both methods; the statistic is the mean over the drawn
+    seeds of the mean difference on the drawn questions. Returns (difference, low, high, seeds): the observed
+    difference and the central `level` interval, over the seeds both have."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = []
+    for s in seeds:
+        if len(a[s]) != len(b[s]) or not a[s]:
+            raise ValueError(f"seed {s}: {len(a[s])} and {len(b[s])} questions; a paired difference needs the same")
+        diffs.append([x - y for x, y in zip(a[s], b[s])])
+    observed = statistics.mean(statistics.mean(d) for d in diffs)
+    generator = torch.Generator().manual_seed(seed)
+    stats = torch.zeros(n_boot, dtype=torch.float64)
+    for _ in seeds:  # one drawn seed per slot, then its questions
+        drawn = torch.randint(len(diffs), (n_boot,), generator=generator)
+        for i, d in enumerate(diffs):
+            rows = (drawn == i).nonzero().flatten()
+            if len(rows):
+                values = torch.tensor(d, dtype=torch.float64)
+                picks = torch.randint(len(d), (len(rows), len(d)), generator=generator)
+                stats[rows] += values[picks].mean(dim=1)
+    stats = (stats / len(seeds)).sort().values
+    tail = (1 - level) / 2
+    low, high = stats[int(tail * (n_boot - 1))].item(), stats[int(round((1 - tail) * (n_boot - 1)))].item()
+    return observed, low, high, len(seeds)
+
+
+def compare(records, methods, n_boot=2000, seed=0):
+    """[(method, reference, difference, low, high, seeds, shown)] for every method against each of REFERENCES run
+    (not itself), from the records' per-question correctness."""
+    correct = {}
+    for r in records:
+        if r.get("correct"):
+            correct.setdefault(r["method"], {})[r["seed"]] = r["correct"]
+    rows = []
+    for method in methods:
+        for ref in REFERENCES:
+            if ref == method or method not in correct or ref not in correct:
+                continue
+            result = bootstrap_difference(correct[method], correct[ref], n_boot, seed)
+            if result:
+                diff, low, high, n = result
+                rows.append((method, ref, diff, low, high, n, low > 0 or high < 0))
+    return rows
+
+
+def format_comparisons(rows):
+    lines = ["| method | against | d_t_acc | 95% interval | seeds | shown |", "|---|---|---|---|---|---|"]
+    for method, ref, diff, low, high, n, shown in rows:
+        word = ("shown: higher" if low > 0 else "shown: lower") if shown else "not shown"
+        lines.append(f"| {method} | {ref} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | {n} | {word} |")
+    lines.append("")
+    lines.append("Paired T-Acc differences (method minus reference) on the same questions; 95% bootstrap intervals "
+                 "over seeds and questions within seeds. \"shown\" only when the interval excludes zero.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

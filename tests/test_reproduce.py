@@ -56,7 +56,59 @@ def test_a_learning_rate_below_the_default_floor_lowers_the_floor(tmp_path):
     cfg = reproduce.Config(learning_rate=1e-6, out_dir=str(tmp_path / "rep"))
     acfg = reproduce.align_config(cfg, "aft_bc", 0, "vft", "c.jsonl", reproduce.Path("out"))
     assert acfg.min_lr == 1e-6
-    assert reproduce.check_config(cfg)[1] == [0, 1, 2]
+    assert reproduce.check_config(cfg)[1] == [0, 1, 2, 3, 4]
+
+
+def outcomes(rate, n, seed):
+    """0/1 outcomes of n questions with exactly round(rate * n) right, in a shuffled order."""
+    import random
+    right = round(rate * n)
+    values = [1] * right + [0] * (n - right)
+    random.Random(seed).shuffle(values)
+    return values
+
+
+def test_identical_methods_have_an_interval_around_zero():
+    a = {s: outcomes(0.4, 300, s) for s in range(5)}
+    diff, low, high, n = reproduce.bootstrap_difference(a, {s: list(v) for s, v in a.items()}, n_boot=500)
+    assert (diff, low, high, n) == (0, 0.0, 0.0, 5)
+
+
+def test_noisy_equal_methods_are_not_shown_different():
+    a = {s: outcomes(0.4, 300, s) for s in range(3)}
+    b = {s: outcomes(0.4, 300, 100 + s) for s in range(3)}  # the same accuracy, other questions right
+    diff, low, high, _ = reproduce.bootstrap_difference(a, b, n_boot=500)
+    assert diff == 0 and low < 0 < high
+
+
+def test_a_method_right_on_20_percent_more_questions_is_shown_better():
+    base = {s: outcomes(0.4, 300, s) for s in range(3)}
+    better = {}
+    for s, values in base.items():  # right on every question the base is, and on 60 (20%) more
+        wrong = [i for i, v in enumerate(values) if not v][:60]
+        better[s] = [1 if i in wrong else v for i, v in enumerate(values)]
+    diff, low, high, _ = reproduce.bootstrap_difference(better, base, n_boot=500)
+    assert diff == pytest.approx(0.2) and 0 < low <= 0.2 <= high
+    records = [{"seed": s, "method": m, "correct": c[s]} for s in base for m, c in (("vft", base), ("aft_bc", better))]
+    rows = reproduce.compare(records, ["vft", "aft_bc"], n_boot=500)
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("aft_bc", "vft", True)]
+    assert "shown: higher" in reproduce.format_comparisons(rows)
+
+
+def test_bootstrap_is_deterministic_under_its_seed():
+    a = {s: outcomes(0.5, 200, s) for s in range(3)}
+    b = {s: outcomes(0.45, 200, 50 + s) for s in range(3)}
+    first = reproduce.bootstrap_difference(a, b, n_boot=300, seed=7)
+    assert reproduce.bootstrap_difference(a, b, n_boot=300, seed=7) == first
+    assert reproduce.bootstrap_difference(a, b, n_boot=300, seed=8) != first
+
+
+def test_quick_replaces_its_settings_and_keeps_its_own_out_dir():
+    cfg = reproduce.resolved(reproduce.Config(quick=True, seeds="7"))
+    assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == ("0,1", "vft,vft_more,rft,aft_bc", 0,
+                                                                       "out/reproduce_quick")
+    assert reproduce.check_config(cfg)[0] == ["vft", "vft_more", "rft", "aft_bc"]
+    assert reproduce.check_config(reproduce.Config(methods="all"))[0] == list(reproduce.METHODS)
 
 
 def test_a_results_file_that_is_not_ours_is_named(tmp_path):
@@ -72,7 +124,11 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
     assert set(table) == {"vft", "aft_bc"}
     records = json.loads((tmp_path / "results.json").read_text())
     assert [(r["seed"], r["method"]) for r in records] == [(0, "vft"), (0, "aft_bc")]
-    assert "| aft_bc |" in (tmp_path / "results.md").read_text()
+    for r in records:  # per-question outcomes that agree with the reported T-Acc
+        assert len(r["correct"]) == 3 and set(r["correct"]) <= {0, 1}
+        assert sum(r["correct"]) / 3 == pytest.approx(r["metrics"]["t_acc"])
+    report = (tmp_path / "results.md").read_text()
+    assert "| aft_bc |" in report and "| aft_bc | vft |" in report
     capsys.readouterr()
     reproduce.run(cfg)  # everything is done: nothing is trained again
     assert "=== reproduce" not in capsys.readouterr().out
