@@ -350,8 +350,8 @@ def bootstrap_difference(a, b, n_boot=2000, seed=0, level=0.95):
 
 
 def compare(records, methods, n_boot=2000, seed=0):
-    """[(method, reference, difference, low, high, seeds, shown)] for every method against each of REFERENCES run
-    (not itself), from the records' per-question correctness."""
+    """[(method, reference, difference, low, high, seeds, questions, shown)] for every method against each of
+    REFERENCES run (not itself), from the records' per-question correctness."""
     correct = {}
     for r in records:
         if r.get("correct"):
@@ -364,15 +364,17 @@ def compare(records, methods, n_boot=2000, seed=0):
             result = bootstrap_difference(correct[method], correct[ref], n_boot, seed)
             if result:
                 diff, low, high, n = result
-                rows.append((method, ref, diff, low, high, n, low > 0 or high < 0))
+                rows.append((method, ref, diff, low, high, n, len(correct[ref][min(correct[ref])]),
+                             low > 0 or high < 0))
     return rows
 
 
 def format_comparisons(rows):
-    lines = ["| method | against | d_t_acc | 95% interval | seeds | shown |", "|---|---|---|---|---|---|"]
-    for method, ref, diff, low, high, n, shown in rows:
+    lines = ["| method | against | d_t_acc | 95% interval | seeds | questions per seed | shown |",
+             "|---|---|---|---|---|---|---|"]
+    for method, ref, diff, low, high, n, questions, shown in rows:
         word = ("shown: higher" if low > 0 else "shown: lower") if shown else "not shown"
-        lines.append(f"| {method} | {ref} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | {n} | {word} |")
+        lines.append(f"| {method} | {ref} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | {n} | {questions} | {word} |")
     lines.append("")
     lines.append("Paired T-Acc differences (method minus reference) on the same questions; 95% bootstrap intervals "
                  "over seeds and questions within seeds. \"shown\" only when the interval excludes zero.")

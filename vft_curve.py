@@ -174,6 +174,9 @@ def run(cfg, base=None):
                 "val_examples": cfg.val_examples, "last_step": None if cfg.separate else steps[-1]}
     settings = {k: v for k, v in settings.items() if k not in ("out_dir", "resume", "overwrite", "stop_after",
                                                                  "save_every", "log_every", "device", "max_steps")}
+    n_val = len(task_from_config(config_to_dict(base))["val"])  # refused now, not after the first training
+    if cfg.val_questions > n_val:
+        raise UserError(f"--val_questions={cfg.val_questions}: the task's validation split has only {n_val}")
     out.mkdir(parents=True, exist_ok=True)
     curve_path = out / "curve.json"
     records = load_curve(curve_path, settings)

@@ -36,6 +36,13 @@ def test_bad_steps_are_refused(tmp_path):
             vft_curve.run(vft_curve.Config(steps=steps, out_dir=str(tmp_path / "c")))
 
 
+def test_more_validation_questions_than_the_split_are_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match="validation split has only"):
+        vft_curve.run(vft_curve.Config(steps="2", out_dir=str(tmp_path / "c"), val_questions=10_000),
+                      base=tiny_config(tmp_path))
+    assert not (tmp_path / "c").exists()
+
+
 def test_tiny_curve_is_written_and_resumes(tmp_path, capsys):
     base = tiny_config(tmp_path, warmup_steps=1)
     cfg = vft_curve.Config(steps="2,4", out_dir=str(tmp_path / "curve"), val_questions=3, val_examples=4)
