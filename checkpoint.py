@@ -53,7 +53,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError
+from configurator import UserError, check_path
 from model import load_model, save_model
 from tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer
 
@@ -285,7 +285,7 @@ def find_checkpoint(path):
 
 def has_checkpoint(path):
     """Whether find_checkpoint(path) would find a model."""
-    path = Path(path)
+    path = check_path(path)
     return any((candidate / "model.safetensors").is_file() for candidate in (path, path / CHECKPOINT, path / OLD))
 
 
@@ -399,7 +399,7 @@ def model_directory(path, convert_to=None):
     """The nanoAFT model directory `path` designates (a run, checkpoint or model directory: find_checkpoint). A
     Hugging Face directory is converted first, once, by hf.convert into `convert_to` (default: a cache directory,
     _conversion_cache), which is reused while the source's files are unchanged."""
-    path = Path(path)
+    path = check_path(path)
     if not _is_hugging_face(path):
         return find_checkpoint(path)
     source = path.resolve()
@@ -494,7 +494,7 @@ def resume_or_start(run_dir, config, kind, must_match, device="cpu"):
     With config.resume: (model, state) of run_dir's checkpoint, which must have been written by the same kind
     of script ("sft", "align") with the same values of the `must_match` config fields. Without it: None, a
     fresh start, refused when run_dir already holds a checkpoint unless config.overwrite is set."""
-    run_dir = Path(run_dir)
+    run_dir = check_path(run_dir, "out_dir")
     # checkpoint/ or checkpoint.old/ only: unlike has_checkpoint(), a bare model in run_dir is not a run to resume
     saved = any((run_dir / name / "model.safetensors").is_file() for name in (CHECKPOINT, OLD))
     if not config.resume:

@@ -38,6 +38,7 @@ class UserError(Exception):
     """A problem the user can fix (a bad flag, file or checkpoint). Its message is one line naming the culprit."""
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -195,6 +196,10 @@ def validate(cfg):
                 raise UserError(f"--{name}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name}={value}: must be a finite number")
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # tensors hold it as float32: inf there
+            raise UserError(f"--{name}={value}: too large (at most {FLOAT32_MAX:.3g}, float32's range)")
+        if isinstance(value, int) and not isinstance(value, bool) and not -2 ** 63 <= value < 2 ** 63:
+            raise UserError(f"--{name}={value}: too large for a 64-bit integer")
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise UserError(f"--{name}={value}: choose one of {', '.join(map(str, choices))}")
@@ -206,6 +211,18 @@ def validate(cfg):
             raise UserError(f"--{name}={value}: must be greater than {f.metadata['above']}")
 
 
+def check_path(path, flag=None):
+    """Refuse a path the system cannot even look up (a NUL byte, a name too long): a UserError, not an OSError."""
+    try:
+        os.stat(path)
+    except ValueError as e:
+        raise UserError(f"{'--' + flag + '=' if flag else ''}{str(path)[:200]!r}: not a usable path ({e})") from None
+    except OSError as e:
+        if not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            raise UserError(f"{'--' + flag + '=' if flag else ''}{str(path)[:200]}: {e.strerror or e}") from None
+    return Path(path)
+
+
 def check_output(path, flag, is_dir=True):
     """Refuse, before any work, an output path that cannot be written: empty, under a regular file, a file where a
     directory is wanted (or the reverse), or in a place where a file cannot be created. Writability is tested by
@@ -214,7 +231,7 @@ def check_output(path, flag, is_dir=True):
     `flag` names the setting in the message (out_dir for --out_dir)."""
     if not str(path).strip():
         raise UserError(f"--{flag} is empty: give a {'directory' if is_dir else 'file'} path")
-    path = Path(path)
+    path = check_path(path, flag)
     existing = path
     while not existing.exists() and existing != existing.parent:  # the nearest part of the path that exists
         existing = existing.parent
@@ -258,6 +275,7 @@ def check_input(path, flag, shipped=False):
     not exist from here is looked up in the repository too (a file that ships with it, such as data/'s)."""
     if not str(path).strip():
         raise UserError(f"--{flag} is empty: give a path")
+    check_path(path, flag)
     here, repository = Path(path), Path(__file__).resolve().parent / path
     if not here.exists() and shipped and not here.is_absolute() and repository.exists():
         return repository

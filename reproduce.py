@@ -89,7 +89,7 @@ class Config:
     temperature: float = bounded(0.8, min=0)  # sampling temperature of the candidates
     align_steps: int = bounded(150, min=1)  # steps of every alignment run and of vft_more (train_align.py default)
     batch_size: int = bounded(8, min=1)  # groups per alignment step
-    learning_rate: float = bounded(1e-4, above=0)  # alignment learning rate
+    learning_rate: float = bounded(1e-4, above=0, max=100)  # alignment learning rate
     beta: float = bounded(0.05, above=0)  # boundary margin of bc (tuned on the validation split)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
     test_questions: int = bounded(1000, min=0)  # questions for T-Acc and gold PPL (at most the split's)

@@ -64,6 +64,9 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     """Scale by temperature and keep only the top-k tokens and the smallest set whose probability reaches
     top_p (the nucleus); everything else gets -inf. logits (N, V) float32. top_k=0 and top_p=1 disable."""
     if temperature != 1.0:
+        if temperature < 1e-3:  # shifted first: a tiny temperature would overflow the logits to inf, softmax to NaN
+            logits = logits - logits.amax(dim=-1, keepdim=True)
+            temperature = max(temperature, torch.finfo(torch.float32).tiny)
         logits = logits / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
@@ -191,7 +194,7 @@ class Config:
 
 
 def run(cfg):
-    if bool(cfg.prompt) == bool(cfg.question):
+    if bool(cfg.prompt) == bool(cfg.question.strip()):  # a question of only spaces is none
         raise UserError("give exactly one of --prompt=... or --question=...")
     if not cfg.ckpt:
         raise UserError("--ckpt is empty: give a run, checkpoint or model directory")

@@ -37,7 +37,7 @@ import regex  # a dependency of tiktoken itself; the same engine tiktoken's refe
 import tiktoken
 from tiktoken.core import raise_disallowed_special_token
 
-from configurator import UserError, bounded, check_output, main, validate
+from configurator import UserError, bounded, check_output, check_path, main, validate
 
 EOT = "<|endoftext|>"
 TOKENIZER_FILES = ("tokenizer.tiktoken", "tokenizer_info.json")
@@ -430,6 +430,7 @@ def train_tokenizer(config: TokenizerConfig) -> str:
     if not config.input.strip():
         raise UserError("--input is empty: give a .txt or .jsonl file of training text")
     check_output(config.out, "out", is_dir=False)
+    check_path(config.input, "input")
     text = read_training_text(config.input)
     if not text.strip():
         raise UserError(f"{config.input}: no training text in it")

@@ -24,7 +24,7 @@ import losses
 import train_sft
 from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenizer, lock_run_dir, restore_training,
                         resume_or_start, save_run, seed_rng, unlock_run_dir, whole_model)
-from configurator import UserError, bounded, config_to_dict, main, write_output
+from configurator import UserError, bounded, check_path, config_to_dict, main, write_output
 from data.dataset import TASK_FIELDS, run_config, run_task
 from evaluate import Config as EvalConfig, evaluate_model, format_table
 from sequences import collate, encode_pair
@@ -50,8 +50,8 @@ class Config(train_sft.TrainConfig):
     eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # final metrics' split (val: tuning)
     batch_size: int = bounded(8, min=1)  # questions (groups) per step, over all processes
     max_steps: int = bounded(150, min=1)  # optimiser steps
-    learning_rate: float = bounded(1e-4, above=0)  # peak AdamW learning rate
-    min_lr: float = bounded(1e-5, min=0)  # cosine floor
+    learning_rate: float = bounded(1e-4, above=0, max=100)  # peak AdamW learning rate
+    min_lr: float = bounded(1e-5, min=0, max=100)  # cosine floor
     warmup_steps: int = bounded(20, min=0)  # linear warm-up
     weight_decay: float = bounded(0.0, min=0)  # AdamW decay on matrices
     out_dir: str = ""               # "" = out/align-<loss>-<constraint>
@@ -69,7 +69,7 @@ def check_config(cfg):
         raise UserError(f"--loss={cfg.loss} has no preference term, so --constraint must be none")
     if cfg.vft != Config.vft and not has_checkpoint(cfg.vft):
         raise UserError(f"--vft={cfg.vft}: no VFT checkpoint there (python train_sft.py --out_dir={cfg.vft})")
-    if cfg.candidates and not Path(cfg.candidates).is_file():
+    if cfg.candidates and not check_path(cfg.candidates, "candidates").is_file():
         raise UserError(f"--candidates={cfg.candidates}: no such file (python candidates.py --ckpt={cfg.vft})")
     return resolved
 

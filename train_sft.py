@@ -31,8 +31,8 @@ from tokenizer import load_tokenizer
 class TrainConfig:  # what every trainer shares (train_align.Config extends it with other defaults)
     batch_size: int = bounded(32, min=1)  # examples per optimiser step, over all processes
     max_steps: int = bounded(800, min=1)  # optimiser steps
-    learning_rate: float = bounded(3e-3, above=0)  # peak AdamW learning rate
-    min_lr: float = bounded(3e-4, min=0)  # cosine schedule floor
+    learning_rate: float = bounded(3e-3, above=0, max=100)  # peak AdamW learning rate
+    min_lr: float = bounded(3e-4, min=0, max=100)  # cosine schedule floor
     warmup_steps: int = bounded(100, min=0)  # linear warm-up steps
     weight_decay: float = bounded(0.1, min=0)  # AdamW decay on matrices and embeddings (not norms or biases)
     grad_clip: float = bounded(1.0, min=0)  # max global gradient norm (0 = off)
@@ -83,7 +83,7 @@ def batch_indices(step, batch_size, n, seed):
     indices = []
     for i in range(step * batch_size, (step + 1) * batch_size):
         if not indices or i % n == 0:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + i // n))
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 100_003 + i // n) % 2 ** 64))
         indices.append(perm[i % n].item())
     return indices
 

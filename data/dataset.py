@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from configurator import UserError, bounded, validate
+from configurator import UserError, bounded, check_path, validate
 from data import synth
 from data.answers import extract_answer
 
@@ -50,7 +50,7 @@ def _read_objects(path, keys):
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))  # a BOM may open the file
         except UnicodeDecodeError as error:
             raise UserError(f"{where}: not UTF-8 text (byte {error.start + 1} of the line)") from None
         except json.JSONDecodeError as error:
@@ -105,7 +105,7 @@ def load_task(name="synth", data_dir=None, seed=1337, n_train=None, n_val=None, 
                                  1_000 if n_test is None else n_test, seed, difficulty)
     if name not in TASKS:
         raise UserError(f"unknown task '{name}'; valid tasks: {', '.join(TASKS)}")
-    if not data_dir or not Path(data_dir).is_dir():
+    if not data_dir or not check_path(data_dir, "data_dir").is_dir():
         raise UserError(f"task {name} needs data_dir, an existing folder with {' and '.join(FILES[name])}"
                         + (f" (got '{data_dir}')" if data_dir else ""))
     load = load_jsonl if name == "gsm8k" else load_aqua
