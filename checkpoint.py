@@ -54,7 +54,18 @@ from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError, check_path
-from model import load_model, save_model
+from model import load_config, save_model
+from model import load_model as _load_model
+
+
+def load_model(directory, device="cpu"):
+    """model.load_model, once config.json's sizes are plausible: a corrupt size (block_size 10**20) would otherwise
+    fail as an overflow or allocation traceback while the model is built, before any tensor is compared."""
+    config = load_config(directory)
+    for name, value in vars(config).items():
+        if type(value) is int and value > 2 ** 24:  # no real model has more positions, embeddings or layers
+            raise UserError(f"{Path(directory) / 'config.json'}: {name}={value} is implausibly large (at most 2**24)")
+    return _load_model(directory, device)
 from tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer
 
 CHECKPOINT, OLD, TMP, LOCK = "checkpoint", "checkpoint.old", "checkpoint.tmp", "run.lock"

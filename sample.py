@@ -63,11 +63,8 @@ class Samples:
 def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     """Scale by temperature and keep only the top-k tokens and the smallest set whose probability reaches
     top_p (the nucleus); everything else gets -inf. logits (N, V) float32. top_k=0 and top_p=1 disable."""
-    if temperature != 1.0:
-        if temperature < 1e-3:  # shifted first: a tiny temperature would overflow the logits to inf, softmax to NaN
-            logits = logits - logits.amax(dim=-1, keepdim=True)
-            temperature = max(temperature, torch.finfo(torch.float32).tiny)
-        logits = logits / temperature
+    if temperature != 1.0:  # a tiny one: logits shifted first, else they overflow to inf (and softmax to NaN)
+        logits = (logits - logits.amax(-1, keepdim=True) if temperature < 1e-3 else logits) / max(temperature, 1.2e-38)
     if top_k > 0 and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))

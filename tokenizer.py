@@ -337,10 +337,14 @@ def _read_info(path):
     for key in ("eot_token", "bos_token"):
         if info[key] is not None and info[key] not in specials:
             raise UserError(f"{path}: '{key}' {info[key]!r} is not one of its special_tokens {sorted(specials)[:8]}")
+    if len(set(specials.values())) < len(specials):
+        raise UserError(f"{path}: two special_tokens share an id")
     try:
-        regex.compile(info["pattern"])
+        pattern = regex.compile(info["pattern"])
     except regex.error as e:
         raise UserError(f"{path}: 'pattern' is not a valid regular expression ({e})") from None
+    if any(pattern.search(probe) and pattern.search(probe).group() == "" for probe in ("", "a", " ", "1", "\n", "a b")):
+        raise UserError(f"{path}: 'pattern' matches an empty piece of text (the tokenizer would fail on it)")
     return info
 
 
