@@ -76,7 +76,7 @@ def problem(record, schema, n_vocab=math.inf):
         return "not a JSON object"
     for key, kind in schema.items():
         value = record.get(key)
-        if not isinstance(value, kind) or isinstance(value, float) and not math.isfinite(value):
+        if not isinstance(value, kind) or type(value) in (int, float) and not abs(value) <= 3.4e38:  # float32's range
             return f"'{key}' is missing or not a finite {getattr(kind, '__name__', 'number')}"
     if schema is CANDIDATE:
         ok = record["ids"] and all(type(t) is int and 0 <= t < n_vocab for t in record["ids"])
@@ -87,10 +87,9 @@ def problem(record, schema, n_vocab=math.inf):
     return None if record["candidates"] else "a group without candidates"
 
 
-def load_groups(path, model_dir, n_vocab=math.inf):
+def load_groups(path, model_dir, n_vocab=math.inf, fits=None):
     """The groups in `path`, every line checked first, refused unless made by the model and tokenizer of model_dir."""
-    path = Path(path)
-    if not path.is_file():
+    if not (path := Path(path)).is_file():
         raise UserError(f"{path}: no candidate file (build it with: python candidates.py --ckpt=...)")
     records = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
@@ -104,7 +103,7 @@ def load_groups(path, model_dir, n_vocab=math.inf):
     if not groups:
         raise UserError(f"{path}: a header and no groups")
     for number, group in enumerate(groups, start=2):
-        if error := problem(group, GROUP, n_vocab):
+        if error := problem(group, GROUP, n_vocab) or fits and not fits(group) and "a candidate exceeds the context":
             raise UserError(f"{path}:{number}: {error}")
     expected = fingerprints(model_dir)
     for part in ("model", "tokenizer"):

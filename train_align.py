@@ -27,7 +27,7 @@ from checkpoint import (find_checkpoint, has_checkpoint, load_model_and_tokenize
 from configurator import UserError, bounded, check_path, config_to_dict, main, write_output
 from data.dataset import TASK_FIELDS, run_config, run_task
 from evaluate import Config as EvalConfig, evaluate_model, format_table
-from sequences import collate, encode_pair
+from sequences import collate, encode_pair, fits
 
 LOSSES = ("vft", "rft", "aft", "aft_rank", "dpo", "rrhf", "pro")
 
@@ -168,7 +168,8 @@ def train(cfg):
     path, vft_dir = ensure_prerequisites(cfg), find_checkpoint(cfg.vft)
     seed_rng(cfg.seed)
     model, enc = load_model_and_tokenizer(vft_dir, device)  # read first: a broken model file is named as such,
-    groups, header = cands.load_groups(path, cfg.vft, enc.n_vocab)  # not taken for another model's candidates
+    groups, header = cands.load_groups(path, cfg.vft, enc.n_vocab, lambda g: all(  # another model's are not taken,
+        fits((encode_pair(enc, g["question"], "")[0], c["ids"]), model.config.block_size) for c in g["candidates"]))
     task = {key: value for key, value in run_config(vft_dir).items() if key in TASK_FIELDS}  # saved with the run
     model, state = resumed or (model, {"step": 0, "history": {"train": []}})
     compute.log(f"align: loss={cfg.loss} constraint={cfg.constraint} beta={cfg.beta} on {len(groups)} groups, "

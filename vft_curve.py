@@ -56,6 +56,8 @@ def parse_steps(text):
         raise UserError(f"--steps={text}: expected comma-separated positive integers") from None
     if not steps or any(s < 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
         raise UserError(f"--steps={text}: expected at least one positive integer, strictly increasing")
+    if steps[-1] >= 2 ** 63:  # else the error would name --max_steps, which the user never gave
+        raise UserError(f"--steps={text}: {steps[-1]} is too large for a 64-bit integer")
     return steps
 
 
