@@ -287,14 +287,21 @@ def check_input(path, flag, shipped=False):
 def main(fn, config_cls, argv=None):
     """Run `fn(config)` with the config parsed from `argv` (default: sys.argv[1:]) and return its result.
 
-    A UserError, from parsing or from `fn`, becomes "error: <message>" on stderr and exit status 2; every other
-    exception propagates with its traceback, because it is a bug, not a user mistake.
+    A UserError, from parsing or from `fn`, becomes "error: <message>" on stderr and exit status 2, and so does running
+    out of memory (sizes the machine cannot hold); every other exception propagates with its traceback, because it
+    is a bug, not a user mistake.
     """
     try:
         config = parse_args(config_cls, sys.argv[1:] if argv is None else argv)
         return fn(config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (MemoryError, RuntimeError) as e:  # sizes the machine cannot hold (torch's allocators raise RuntimeError)
+        if not isinstance(e, MemoryError) and not any(s in str(e) for s in ("out of memory", "can't allocate memory")):
+            raise
+        print(f"error: out of memory ({(str(e).strip() or type(e).__name__).splitlines()[-1][-160:]}): lower the "
+              f"sizes asked for (batch, samples, k, model or context)", file=sys.stderr)
         raise SystemExit(2) from None
 
 

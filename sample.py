@@ -72,7 +72,7 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
-        drop_sorted = mass_before >= top_p  # the best token always stays (its mass_before is 0)
+        drop_sorted = mass_before >= max(top_p, 1.2e-38)  # the best token always stays (its mass_before is 0)
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

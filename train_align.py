@@ -45,7 +45,7 @@ class Config(train_sft.TrainConfig):
     n_questions: int = bounded(1200, min=1)  # training questions to sample candidates for
     k: int = bounded(8, min=1)      # samples per question
     temperature: float = bounded(0.8, above=0)  # sampling temperature for candidates
-    max_candidates: int = bounded(9, min=2)  # candidates per group at most (gold first, then samples)
+    max_candidates: int = bounded(9, min=2, max=1024)  # candidates per group at most (gold first, then samples)
     k_questions: int = bounded(200, min=0)  # questions for maj@k, rerank@k and test A-Acc at the end
     eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # final metrics' split (val: tuning)
     batch_size: int = bounded(8, min=1)  # questions (groups) per step, over all processes
