@@ -631,6 +631,84 @@ def table():
     # tokenizer.py: training a rank file
     add("tokenizer-input_missing", "tokenizer", {"input": "{tmp}/no_such.txt"}, ["no_such.txt"])
     add("tokenizer-input_empty", "tokenizer", {}, ["text.txt"], setup=lambda ctx: write(ctx["tmp"] / "text.txt", ""))
+    cases += later_cases()
+    return cases
+
+
+# -----------------------------------------------------------------------------
+# found after the table was written (a second attempt with inputs outside it); each was a traceback, a NaN or a
+# silent acceptance before its fix
+
+SCRIPTS["vft_curve"] = ("run", "Config")
+BASE["vft_curve"] = {"out_dir": "{tmp}/curve", "steps": "1", "val_questions": "2", "val_examples": "2", "device": "cpu"}
+TOO_LONG = "x" * 300  # one path component longer than any file system allows (ENAMETOOLONG)
+
+
+def _config_size(key, value):
+    return config_edit(_set(key, value))
+
+
+def later_cases():
+    cases = []
+    add = lambda *a, **kw: cases.append(Case(*a, **kw))  # noqa: E731
+    # integers beyond 64 bits, floats beyond float32 (torch overflowed: a traceback)
+    for script in ("train_sft", "sample", "candidates", "evaluate"):
+        add(f"{script}-seed=2**70", script, {"seed": str(2 ** 70)}, ["--seed"])
+    add("train_sft-learning_rate=1e300", "train_sft", {"learning_rate": "1e300"}, ["--learning_rate"])
+    add("train_sft-learning_rate=1e38", "train_sft", {"learning_rate": "1e38"}, ["--learning_rate"])
+    add("train_align-min_lr=1e38", "train_align", {"min_lr": "1e38"}, ["--min_lr"])
+    add("train_align-beta=1e300", "train_align", {"beta": "1e300"}, ["--beta"])
+    add("sample-temperature=1e300", "sample", {"temperature": "1e300"}, ["--temperature"])
+    add("train_align-max_candidates=10**9", "train_align", {"max_candidates": str(10 ** 9)}, ["--max_candidates"])
+    # paths the system cannot look up: a NUL byte, a name too long (ValueError / OSError tracebacks)
+    for script, name in (("train_sft", "out_dir"), ("train_sft", "init_from"), ("hf", "out"), ("reproduce", "out_dir"),
+                         ("vft_curve", "out_dir")):
+        add(f"{script}-{name}_nul_byte", script, {name: "{tmp}/a\x00b"}, [f"--{name}"])
+    for script, name in (("train_sft", "out_dir"), ("train_align", "out_dir"), ("train_align", "candidates"),
+                         ("train_sft", "tokenizer"), ("candidates", "out"), ("evaluate", "ckpt"), ("tokenizer", "input")):
+        add(f"{script}-{name}_name_too_long", script, {name: "{tmp}/" + TOO_LONG}, [f"--{name}"])
+    for script, name in (("sample", "ckpt"), ("train_align", "vft")):
+        add(f"{script}-{name}_name_too_long", script, {name: "{tmp}/" + TOO_LONG}, [TOO_LONG[:50]])
+    add("train_sft-gsm8k_data_dir_name_too_long", "train_sft", {"dataset": "gsm8k", "data_dir": "{tmp}/" + TOO_LONG},
+        ["--data_dir"])
+    add("sample-question_only_spaces", "sample", {"question": "  \t "}, ["--question"])
+    # model config sizes no model has (an OverflowError or an allocation traceback while building it)
+    for script in ("sample", "evaluate", "train_align", "hf"):
+        add(f"{script}-config.json_block_size=10**20", script, {}, ["config.json", "block_size"],
+            setup=_config_size("block_size", 10 ** 20))
+    add("sample-config.json_vocab_size=10**12", "sample", {}, ["config.json", "vocab_size"],
+        setup=_config_size("vocab_size", 10 ** 12))
+    add("train_sft-init_from_config.json_n_layer=10**9", "train_sft", LOADERS["train_sft"], ["config.json", "n_layer"],
+        setup=_config_size("n_layer", 10 ** 9))
+    # tokenizer_info.json: a pattern that matches empty text (tiktoken panicked), two special tokens on one id
+    for kind, edit in (("pattern_empty", lambda raw: raw.update(pattern="")),
+                       ("pattern_matches_empty", lambda raw: raw.update(pattern="(a*)*$")),
+                       ("special_ids_shared", lambda raw: raw.update(special_tokens={"<|endoftext|>": 511,
+                                                                                    "<|bos|>": 511}))):
+        for script in ("sample", "evaluate"):
+            add(f"{script}-tokenizer_info.json_{kind}", script, {}, ["tokenizer_info.json"], setup=info_edit(edit),
+                needs="tokenizer_info")
+    # candidate files: numbers beyond float32 (a conversion traceback), a candidate longer than the context
+    for kind, args, edit in (("sum_logp=1e308", {"loss": "dpo"}, _candidate("sum_logp", 1e308)),
+                             ("sum_logp=10**400", {"loss": "dpo"}, _candidate("sum_logp", 10 ** 400)),
+                             ("grade=1e308", {}, _candidate("grade", 1e308)),
+                             ("ids_longer_than_context", {}, _candidate("ids", [5] * 1000))):
+        add(f"train_align-candidates_{kind}", "train_align", args, ["cands.jsonl", _line_no(3)],
+            setup=cands_lines(_group_edit(3, edit)))
+    # sizes no machine holds (more than 2**47 bytes: refused by any allocator, never overcommitted)
+    add("sample-num_samples=10**12", "sample", {"num_samples": str(10 ** 12)}, ["memory"])
+    add("candidates-k=10**12", "candidates", {"k": str(10 ** 12)}, ["memory"])
+    add("evaluate-k=10**12", "evaluate", {"k": str(10 ** 12)}, ["memory"])
+    # vft_curve.py
+    for steps in ("200,100", "100,100", "0,100", "-5", "1e3", "100;200", ","):
+        add(f"vft_curve-steps={steps}", "vft_curve", {"steps": steps}, ["--steps"])
+    add("vft_curve-steps_beyond_64_bits", "vft_curve", {"steps": "1,2," + "9" * 30}, ["--steps"])
+    add("vft_curve-device=bogus", "vft_curve", {"device": "bogus"}, ["--device"])
+    add("vft_curve-val_questions_above_the_split", "vft_curve", {"val_questions": "100000"}, ["--val_questions"])
+    add("vft_curve-curve.json_not_json", "vft_curve", {}, ["curve.json"],
+        setup=lambda ctx: write(ctx["tmp"] / "curve" / "curve.json", "{not json"))
+    # the command line
+    add("train_sft-empty_flag_name", "train_sft", {"": "x"}, ["unknown flag"])
     return cases
 
 
@@ -784,3 +862,41 @@ def test_bad_input(case, tiny_run, tmp_path, monkeypatch, capsys):
     lock = lock_file_name()
     new = sorted(name for name in after if name not in before and Path(name).name != lock)
     assert not new, f"files written by a refused run: {new}"
+
+
+# -----------------------------------------------------------------------------
+# valid but odd inputs: they must simply work (exit 0, nothing non-finite); each once failed
+
+def _gsm8k_with_bom(ctx):
+    good = json.dumps({"question": "What is 2 plus 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\r\n"
+    write(ctx["tmp"] / "gsm" / "train.jsonl", b"\xef\xbb\xbf" + (good * 600).encode())  # a BOM, CRLF line ends
+    write(ctx["tmp"] / "gsm" / "test.jsonl", b"\xef\xbb\xbf" + (good * 8).encode())
+
+
+VALID_ODD = [
+    Case("sample-temperature=1e-300", "sample", {"temperature": "1e-300"}, []),  # was NaN probabilities: IndexError
+    Case("sample-top_p=5e-324", "sample", {"top_p": "5e-324"}, []),  # rounded to 0 in float32: every token dropped
+    Case("candidates-temperature=5e-324", "candidates", {"temperature": "5e-324"}, []),
+    Case("train_sft-seed=2**62", "train_sft", {"seed": str(2 ** 62)}, []),  # the data-order seed overflowed
+    Case("train_sft-gsm8k_bom_crlf", "train_sft", {"dataset": "gsm8k", "data_dir": "{tmp}/gsm"}, [],
+         setup=_gsm8k_with_bom),  # a BOM was "malformed JSON" at line 1
+]
+
+
+@pytest.mark.parametrize("case", VALID_ODD, ids=[case.id for case in VALID_ODD])
+def test_valid_odd_input(case, tiny_run, tmp_path, monkeypatch, capsys):
+    shutil.copytree(tiny_run, tmp_path / "run")
+    ctx = {"tmp": tmp_path, "run": tmp_path / "run", "ckpt": checkpoint_dir(tmp_path / "run"),
+           "cands": tmp_path / "cands.jsonl", "cleanups": []}
+    if case.setup:
+        case.setup(ctx)
+    monkeypatch.chdir(tmp_path)
+    merged = {**BASE[case.script], **case.args}
+    result = run_script(case.script, [f"--{k}={v.format(**ctx)}" for k, v in merged.items() if v is not None])
+    out, err = capsys.readouterr()
+    assert "error" not in err and "nan" not in out.lower(), err[-1000:] + out[-1000:]
+    if isinstance(result, list) and result and isinstance(result[0], str):  # sample.py: the texts
+        assert all(isinstance(text, str) for text in result)
+    for path in tmp_path.rglob("model.safetensors"):
+        from safetensors.torch import load_file
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(str(path)).values()), path
