@@ -45,27 +45,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import FSDPModule
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+import compute
 from configurator import UserError, check_path
 from model import load_config, save_model
 from model import load_model as _load_model
-
-
-def load_model(directory, device="cpu"):
-    """model.load_model, once config.json's sizes are plausible: a corrupt size (block_size 10**20) would otherwise
-    fail as an overflow or allocation traceback while the model is built, before any tensor is compared."""
-    config = load_config(directory)
-    for name, value in vars(config).items():
-        if type(value) is int and value > 2 ** 24:  # no real model has more positions, embeddings or layers
-            raise UserError(f"{Path(directory) / 'config.json'}: {name}={value} is implausibly large (at most 2**24)")
-    return _load_model(directory, device)
 from tokenizer import TOKENIZER_FILES, load_tokenizer, save_tokenizer
 
 CHECKPOINT, OLD, TMP, LOCK = "checkpoint", "checkpoint.old", "checkpoint.tmp", "run.lock"
@@ -247,8 +235,8 @@ def full_state(model, optimizer):
     """(weights, optimizer state_dict) in the single-process format, as save_checkpoint writes them.
     Under FSDP they are gathered from the shards into rank 0's CPU memory (the other ranks get empty dicts):
     a collective, so every rank must call it."""
-    if not isinstance(model, FSDPModule):
-        return _unwrap(model).state_dict(), optimizer.state_dict()
+    if not compute.is_sharded(model):
+        return compute.unwrap(model).state_dict(), optimizer.state_dict()
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     by_name = get_optimizer_state_dict(model, optimizer, options=options)
@@ -269,17 +257,23 @@ def save_run(run_dir, model, optimizer, state, enc, full=None):
     is a collective), rank 0 writes. Returns the full (weights, optimizer state), which a later save of the same
     weights can pass back as `full` (then only rank 0 needs to call)."""
     full = full or full_state(model, optimizer)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        save_checkpoint(run_dir, _unwrap(model), optimizer, state, enc, weights=full[0], optimizer_state=full[1])
+    if compute.is_main():
+        save_checkpoint(run_dir, compute.unwrap(model), optimizer, state, enc, weights=full[0], optimizer_state=full[1])
     return full
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, DDP) else model
 
 
 # -----------------------------------------------------------------------------
 # loading
+
+def load_model(directory, device="cpu"):
+    """model.load_model, once config.json's sizes are plausible: a corrupt size (block_size 10**20) would otherwise
+    fail as an overflow or allocation traceback while the model is built, before any tensor is compared."""
+    config = load_config(directory)
+    for name, value in vars(config).items():
+        if type(value) is int and value > 2 ** 24:  # no real model has more positions, embeddings or layers
+            raise UserError(f"{Path(directory) / 'config.json'}: {name}={value} is implausibly large (at most 2**24)")
+    return _load_model(directory, device)
+
 
 def find_checkpoint(path):
     """The checkpoint directory `path` designates: `path` itself when it holds model.safetensors, else
@@ -355,8 +349,7 @@ def read_optimizer_state(optimizer, path):
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise UserError(f"{trainer_path}: the saved optimizer has parameter groups of sizes "
                         f"{[len(g['params']) for g in groups]}, this one "
-                        f"{[len(g['params']) for g in optimizer.param_groups]} (another model, or a run saved "
-                        f"before q, k and v became one matrix: its model.safetensors still loads)")
+                        f"{[len(g['params']) for g in optimizer.param_groups]} (a checkpoint of another model?)")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {}
     for key, value in tensors.items():
@@ -380,6 +373,7 @@ def read_optimizer_state(optimizer, path):
             if isinstance(group.get(key), tuple) and isinstance(value, list):
                 saved_group[key] = tuple(value)
     return {"state": state, "param_groups": groups}
+
 
 def _is_hugging_face(directory):
     """Whether `directory` holds a Hugging Face model: a config.json without nanoAFT's "nanoaft" key."""
@@ -474,7 +468,7 @@ def fingerprints(path):
 def whole_model(model, run_dir, device):
     """The trained model whole in this process, for rank 0's evaluation at the end: the GPT itself, or under FSDP
     the full model read back from the checkpoint just saved in run_dir (its shards live in the other processes)."""
-    return load_model(find_checkpoint(run_dir), device) if isinstance(model, FSDPModule) else _unwrap(model)
+    return load_model(find_checkpoint(run_dir), device) if compute.is_sharded(model) else compute.unwrap(model)
 
 
 def restore_training(model, optimizer, path, state):
@@ -487,10 +481,9 @@ def restore_training(model, optimizer, path, state):
 def load_optimizer_state(model, optimizer, path):
     """Load the optimizer state saved at `path` (read_optimizer_state) into this run's optimizer, sharding it like
     the parameters under FSDP."""
+    if not compute.is_sharded(model):
+        return restore_optimizer(optimizer, path)
     state_dict = read_optimizer_state(optimizer, path)
-    if not isinstance(model, FSDPModule):
-        optimizer.load_state_dict(state_dict)
-        return
     name_of = {param: name for name, param in model.named_parameters()}
     names = [name_of[param] for group in optimizer.param_groups for param in group["params"]]
     by_name = {"state": {names[i]: s for i, s in state_dict["state"].items()},

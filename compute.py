@@ -158,12 +158,11 @@ def barrier():
 
 
 def check(cfg):
-    """Refuse, before any work, a trainer config whose --parallel is unknown or whose global batch does not split
-    into world_size x grad_accum equal micro-batches. Works before init: torchrun states the world size."""
+    """Refuse, before any work, a trainer config whose global batch does not split into world_size x grad_accum
+    equal micro-batches (configurator.validate has checked --parallel and --grad_accum >= 1 already). Works before
+    init: torchrun states the world size."""
     processes = world_size() if dist.is_initialized() else int(os.environ["WORLD_SIZE"]) if launched() else 1
-    if cfg.parallel not in PARALLEL:
-        raise UserError(f"--parallel={cfg.parallel}: choose one of {', '.join(PARALLEL)}")
-    if cfg.grad_accum < 1 or cfg.batch_size % (processes * cfg.grad_accum):
+    if cfg.batch_size % (processes * cfg.grad_accum):
         raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of {processes} processes x "
                         f"--grad_accum={cfg.grad_accum}")
 

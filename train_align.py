@@ -149,8 +149,8 @@ def vft_metrics(vft_dir, fingerprint, cfg, enc, test, train_groups, device):
     cache = Path(cfg.vft) / "eval_vft.json"
     key = {"model": fingerprint, "split": cfg.eval_split, "n": cfg.test_questions, "k_questions": cfg.k_questions,
            "groups": len(train_groups), "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
-    if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
-        return json.loads(cache.read_text())["metrics"]
+    if cache.is_file() and (saved := json.loads(cache.read_text())).get("key") == key:
+        return saved["metrics"]
     metrics = metrics_of(load_model_and_tokenizer(vft_dir, device)[0], enc, test, train_groups, cfg)
     write_output(cache, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")  # a cut file is never read
     return metrics
