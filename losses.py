@@ -201,11 +201,6 @@ def dpo_loss(policy_logps, reference_logps, grades, valid, beta_dpo=0.1, *, deta
 # Helpers
 
 
-def questions_with_pair(grades, valid):
-    """(B,) bool: the questions holding at least one ordered pair (binary labels are grades 1 / 0)."""
-    return _ordered_pairs(grades, valid).flatten(1).any(dim=1)
-
-
 def _check_constraint(constraint):
     if constraint not in CONSTRAINTS:
         raise ValueError(f"losses.py: unknown constraint {constraint!r}; valid ones: {', '.join(CONSTRAINTS)}")

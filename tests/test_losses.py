@@ -167,10 +167,10 @@ def test_alignment_loss_refuses_labels_that_are_not_0_or_1():
     L.alignment_loss(s, mask([[1, 0, 0], [1, 0, 1]]), v)
 
 
-def test_questions_with_pair():
+def test_ordered_pairs_need_two_valid_candidates_of_different_grades():
     grades = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 1.0, 0.0], [1.0, 0.0, torch.nan]])
     valid = mask([[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 0, 0]])
-    assert L.questions_with_pair(grades, valid).tolist() == [True, False, False, False]
+    assert L._ordered_pairs(grades, valid).flatten(1).any(dim=1).tolist() == [True, False, False, False]
 
 
 # -----------------------------------------------------------------------------
