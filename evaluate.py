@@ -71,7 +71,7 @@ def greedy_accuracy(model, enc, examples, max_new_tokens=160, batch_size=128):
                         label="greedy decoding")
     correct = [is_correct(text, ex["answer"]) for text, ex in zip(texts, examples)]
     return {"accuracy": sum(correct) / len(examples), "degeneration": sum(map(is_degenerate, texts)) / len(examples),
-            "n": len(examples), "outputs": texts}
+            "n": len(examples), "outputs": texts, "correct": [int(c) for c in correct]}
 
 
 def assessment_accuracy(scores, labels, valid):
@@ -132,7 +132,8 @@ def evaluate_model(model, enc, examples, cfg, groups=()):
              if fits(p, model.config.block_size)]  # the reference COTs (end-of-text included) that fit the context
     total, count = score_pairs(model, golds, enc.eot_token, cfg.batch_size)
     metrics = {"t_acc": greedy["accuracy"], "degeneration": greedy["degeneration"], "n_questions": greedy["n"],
-               "gold_ppl": float(torch.exp(-total.sum() / count.sum()))}  # gold PPL: exp(-sum S / sum |c|)
+               "gold_ppl": float(torch.exp(-total.sum() / count.sum())),  # gold PPL: exp(-sum S / sum |c|)
+               "correct": greedy["correct"]}  # per question, for paired comparisons (reproduce.py)
     if cfg.k_questions > 0:
         metrics.update(sampled_metrics(model, enc, examples[:cfg.k_questions], cfg.k, cfg.temperature,
                                        cfg.max_new_tokens, cfg.batch_size, cfg.seed))

@@ -1,30 +1,35 @@
 """
-The reproduction experiment: per seed, VFT, then candidate groups, then every method of docs/method.md from the
-same VFT model, then a table of mean +- std over seeds.
+The reproduction experiment (docs/results.md): does alignment beat more training? Per seed: VFT to convergence,
+candidate groups, then each method from that same VFT model with its tuned settings, evaluated with enough
+questions to see a 2-point difference; then the mean +- std table and paired bootstrap intervals.
 
-    python reproduce.py                                         # the headline methods, seeds 0-4
-    python reproduce.py --quick                                 # the classroom version (settings in QUICK)
-    python reproduce.py --methods=all                           # every method below
-    python reproduce.py --methods=vft,vft_more,aft_bc --seeds=0  # a subset
-    python reproduce.py --eval_split=val --out_dir=out/tune     # tuning: never look at the test split
+    python reproduce.py --tune                    # first: the tuning grid, on the VALIDATION split, seed 0
+    python reproduce.py                           # the headline comparison, seeds 0-4, test split
+    python reproduce.py --quick                   # the classroom version (settings in QUICK)
+    python reproduce.py --methods=ablations       # where the gain comes from (same VFT models, cached)
+    python reproduce.py --methods=c5              # ranking feedback: aft_rank against RRHF and PRO
+    python reproduce.py --curves=aft_none,rrhf,dpo,aft_bc   # C4: long runs evaluated along the way (val split)
+    python reproduce.py --report                  # results.md again from results.json; nothing is trained
 
-Methods (train_align.py --loss / --constraint):
-    vft       the VFT model itself
-    vft_more  VFT continued for the same number of steps as the alignment runs, on the gold chains of the
-              same questions: the control that separates "more training" from "alignment" [ours]
-    rft       NLL on gold + correct samples                           [paper baseline]
-    aft_none / aft_dc / aft_bc   binary feedback, L_A / L_DC / L_BC    [paper]
-    aft_rank  ranking feedback, L_RBC                                 [paper idea, formula ours]
+Methods (train_align.py settings):
+    vft         the VFT model itself
+    vft_more    VFT continued on the gold chains of the same questions (NLL, gold only): the "more training"
+                control [ours]
+    rft         NLL on gold + correct samples                            [paper baseline]
+    aft_none / aft_dc / aft_bc   binary feedback, L_A / L_DC / L_BC       [paper]
+    align_only  L_BC without its NLL term: the alignment term alone      [ours, an ablation]
+    aft_rank    ranking feedback, L_RBC                                  [paper idea, formula ours]
     rrhf, rrhf_bc, pro, pro_bc, dpo, dpo_bc   baselines without / with the boundary constraint
-Results go to <out_dir>/results.json (one record per seed and method, with its per-question greedy correctness;
-a rerun skips what is done) and <out_dir>/results.md: the mean +- std table, then for every method its paired T-Acc
-difference against VFT, RFT and vft_more with a 95% two-level bootstrap interval (seeds, then questions within
-each seed; both methods on the same questions). A difference is "shown" only when its interval excludes zero.
 
-Power: the defaults keep five seeds and the task's whole test split (synth: load_task's n_test, 1,000 questions;
-T-Acc on 5,000 needs a larger generated test split, which data/dataset.py does not yet offer through the run's
-config). The default methods are the headline ones, so that the run fits 2 CPU cores; the other baselines run
-with --methods=all or by name, into the same results.json.
+The task is the built-in one with smaller numbers than train_sft.py's default (factors up to 6, amounts up to
+20): the same templates and chains, but VFT converges in about a thousand steps on 2 cores, where the default
+task still gains 35 points between 1,600 and 3,200 steps (docs/results.md). Alignment runs use a constant
+learning rate after warm-up, so the model at step 100 of a 200-step run is the 100-step model: the tuning grid's
+step counts cost one run per learning rate.
+
+Results go to <out_dir>/results.json (one record per seed and method: metrics, per-question greedy correctness,
+the training log) and <out_dir>/results.md; a rerun skips what is done. A difference is "shown" only when its
+95% interval (two-level bootstrap: seeds, then questions within each seed) excludes zero.
 """
 
 import json
@@ -36,64 +41,88 @@ from pathlib import Path
 import torch
 
 import candidates as cands
+import compute
 import train_align
 import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_model_and_tokenizer, load_tokenizer_of
-import compute
 from compute import format_seconds, pick_device
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
-from data.answers import is_correct
 from data.dataset import TASKS, run_task
-from evaluate import greedy_accuracy
+from evaluate import Config as EvalConfig, evaluate_model, group_scores
 
-METHODS = {
+METHODS = {  # train_align.Config settings of each method; None: the VFT model itself
     "vft": None,
-    "vft_more": ("vft", "none"),
-    "rft": ("rft", "none"),
-    "aft_none": ("aft", "none"),
-    "aft_dc": ("aft", "dc"),
-    "aft_bc": ("aft", "bc"),
-    "aft_rank": ("aft_rank", "bc"),
-    "rrhf": ("rrhf", "none"),
-    "rrhf_bc": ("rrhf", "bc"),
-    "pro": ("pro", "none"),
-    "pro_bc": ("pro", "bc"),
-    "dpo": ("dpo", "none"),
-    "dpo_bc": ("dpo", "bc"),
+    "vft_more": {"loss": "vft", "constraint": "none"},
+    "rft": {"loss": "rft", "constraint": "none"},
+    "aft_none": {"loss": "aft", "constraint": "none"},
+    "aft_dc": {"loss": "aft", "constraint": "dc"},
+    "aft_bc": {"loss": "aft", "constraint": "bc"},
+    "align_only": {"loss": "aft", "constraint": "bc", "nll_on": "none"},
+    "aft_rank": {"loss": "aft_rank", "constraint": "bc"},
+    "rrhf": {"loss": "rrhf", "constraint": "none"},
+    "rrhf_bc": {"loss": "rrhf", "constraint": "bc"},
+    "pro": {"loss": "pro", "constraint": "none"},
+    "pro_bc": {"loss": "pro", "constraint": "bc"},
+    "dpo": {"loss": "dpo", "constraint": "none"},
+    "dpo_bc": {"loss": "dpo", "constraint": "bc"},
 }
-DEFAULT_METHODS = "vft,vft_more,rft,aft_none,aft_dc,aft_bc,aft_rank"  # the headline comparison (C2, C3)
+GROUPS = {  # --methods=<group>
+    "headline": "vft,vft_more,rft,aft_bc",  # C2: AFT against VFT, RFT and more VFT
+    "ablations": "vft,vft_more,rft,aft_dc,aft_bc,align_only",  # gold only, + positives, + L_DC / L_BC, L_BC alone
+    "c4": "vft,aft_none,aft_bc,rrhf,rrhf_bc,dpo,dpo_bc",  # unconstrained against constrained
+    "c5": "vft,aft_rank,rrhf,pro",  # ranking feedback: RRHF and PRO as published against AFT's ranking form
+    "all": ",".join(METHODS),
+}
 REFERENCES = ("vft", "rft", "vft_more")  # every method's T-Acc is compared with these, question by question
-# the classroom version: the headline comparison (AFT-bc against VFT, RFT and more VFT) with its interval
-QUICK = {"methods": "vft,vft_more,rft,aft_bc", "seeds": "0,1", "vft_steps": 400, "n_questions": 400,
-         "align_steps": 100, "test_questions": 500, "k_questions": 0}
+
+# The tuning grid (python reproduce.py --tune, validation split, one seed): every tuned method gets the same
+# learning rates and step counts, plus its own knob. The choices below were read off its table (docs/results.md).
+GRID_LR, GRID_STEPS = (1e-4, 3e-4), (100, 200)
+KNOBS = {"aft_bc": ("beta", (0.05, 0.2)), "aft_dc": ("lam", (0.5, 1.0)), "rft": None, "vft_more": None}
+TUNED = {  # method -> the chosen settings; other methods take aft_bc's (they are not tuned here)
+    "vft_more": {"learning_rate": 1e-4, "max_steps": 200},
+    "rft": {"learning_rate": 1e-4, "max_steps": 200},
+    "aft_dc": {"learning_rate": 1e-4, "max_steps": 200, "lam": 1.0},
+    "aft_bc": {"learning_rate": 1e-4, "max_steps": 200, "beta": 0.05},
+}
+# the classroom version: the headline comparison, two seeds, fewer questions
+QUICK = {"methods": "headline", "seeds": "0,1", "n_questions": 600, "test_questions": 2000, "k_questions": 0,
+         "n_test": 2000}
 N_BOOT, BOOT_SEED = 2000, 0  # bootstrap resamples per interval, and the seed of their draws: fixed, so a
 # rerun from the same results.json prints the same intervals
 COLUMNS = ("t_acc", "d_t_acc", "maj@8", "rerank@8", "a_acc_train", "a_acc", "gold_ppl", "degeneration")
-# d_t_acc: T-Acc minus the same seed's VFT T-Acc. The VFT models of different seeds differ by several points,
-# so paired differences tell methods apart where the raw means' spread cannot.
+# d_t_acc: T-Acc minus the same seed's VFT T-Acc, a paired difference; its interval is in the comparison table
 
 
 @dataclass
 class Config:
-    methods: str = DEFAULT_METHODS  # comma-separated subset of the methods above, or "all"
+    methods: str = "headline"       # comma-separated methods and groups (headline, ablations, c4, c5, all)
     seeds: str = "0,1,2,3,4"        # training seeds (the task itself is fixed: data seed 0)
     quick: bool = False             # the classroom version: replaces the settings named in QUICK
+    tune: bool = False              # run the tuning grid on the validation split (first seed) instead
+    curves: str = ""                # methods to train for curve_steps, evaluated along the way (val split)
+    report: bool = False            # write results.md from results.json again; train nothing
     dataset: str = field(default="synth", metadata={"choices": TASKS})  # the task: synth, gsm8k or aqua (data_dir's)
     data_dir: str = ""              # folder of the gsm8k / aqua files
-    block_size: int = bounded(384, min=16)  # context of the fresh VFT model (AQuA's chains need about 768)
+    max_factor: int = bounded(6, min=2)  # synth difficulty: largest multiplier, divisor, price or count
+    max_number: int = bounded(20, min=2)  # synth difficulty: largest amount only added or subtracted
+    n_test: int = bounded(5000, min=1)  # test questions the task generates (synth; gsm8k, aqua: at most theirs)
+    block_size: int = bounded(256, min=16)  # context of the fresh VFT model (AQuA's chains need about 768)
     out_dir: str = "out/reproduce"  # one sub-directory per seed, results.json and results.md
     eval_split: str = field(default="test", metadata={"choices": ("test", "val")})  # "val" while tuning
-    vft_steps: int = bounded(800, min=1)  # VFT steps per seed (train_sft.py's default)
-    n_questions: int = bounded(1200, min=1)  # training questions with candidate groups (train_align.py default)
+    vft_steps: int = bounded(1200, min=1)  # VFT steps per seed (the validation curve's plateau)
+    n_questions: int = bounded(1200, min=1)  # training questions with candidate groups
     k: int = bounded(8, min=1)      # samples per question
     temperature: float = bounded(0.8, min=0)  # sampling temperature of the candidates
-    align_steps: int = bounded(150, min=1)  # steps of every alignment run and of vft_more (train_align.py default)
     batch_size: int = bounded(8, min=1)  # groups per alignment step
-    learning_rate: float = bounded(1e-4, above=0, max=100)  # alignment learning rate
-    beta: float = bounded(0.05, above=0)  # boundary margin of bc (tuned on the validation split)
+    align_steps: int = bounded(0, min=0)  # steps of every alignment run (0 = each method's tuned value, TUNED)
+    learning_rate: float = bounded(0.0, min=0, max=100)  # alignment learning rate (0 = the method's tuned one)
+    beta: float = bounded(0.0, min=0)  # boundary margin of bc (0 = the tuned one)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
-    test_questions: int = bounded(1000, min=0)  # questions for T-Acc and gold PPL (at most the split's)
-    k_questions: int = bounded(100, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
+    test_questions: int = bounded(5000, min=0)  # questions for T-Acc and gold PPL (at most the split's)
+    k_questions: int = bounded(1000, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
+    val_questions: int = bounded(500, min=1)  # validation questions of --tune and --curves
+    curve_steps: str = "100,200,400,800"  # steps at which --curves evaluates
 
 
 def resolved(cfg):
@@ -138,9 +167,30 @@ def seed_number(text):
     return seed
 
 
+def method_list(text):
+    """The methods of --methods: names and groups, in order, each once."""
+    items = parse_list(text, list(METHODS) + list(GROUPS), "methods")
+    names = [m for item in items for m in (GROUPS[item].split(",") if item in GROUPS else [item])]
+    return list(dict.fromkeys(names))
+
+
+def method_settings(cfg, method):
+    """The train_align settings of one method: its METHODS entry, its tuned values (TUNED; aft_bc's for a method
+    not tuned), and the flags that override them (align_steps, learning_rate, beta when not 0)."""
+    tuned = dict(TUNED.get(method, TUNED["aft_bc"]))
+    overrides = {"max_steps": cfg.align_steps, "learning_rate": cfg.learning_rate, "beta": cfg.beta}
+    tuned.update({key: value for key, value in overrides.items() if value})
+    return {**METHODS[method], **tuned} if METHODS[method] else tuned
+
+
+def task_settings(cfg):
+    return {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "max_factor": cfg.max_factor,
+            "max_number": cfg.max_number, "n_test": cfg.n_test}
+
+
 def vft_config(cfg, seed, vft_dir):
     return train_sft.Config(out_dir=str(vft_dir), seed=seed, max_steps=cfg.vft_steps, test_questions=0,
-                            overwrite=True, dataset=cfg.dataset, data_dir=cfg.data_dir, block_size=cfg.block_size)
+                            overwrite=True, block_size=cfg.block_size, **task_settings(cfg))
 
 
 def candidates_config(cfg, seed, vft_dir, cand_path):
@@ -148,20 +198,31 @@ def candidates_config(cfg, seed, vft_dir, cand_path):
                         temperature=cfg.temperature, seed=seed)
 
 
+def align_config(cfg, method, seed, vft_dir, cand_path, out_dir, **changes):
+    """train_align's config of one method's run: its settings, a constant learning rate after warm-up."""
+    settings = {**method_settings(cfg, method), **changes}
+    return train_align.Config(**{"beta_dpo": cfg.beta_dpo, "vft": str(vft_dir), "candidates": str(cand_path),
+                                 "batch_size": cfg.batch_size, "test_questions": cfg.test_questions,
+                                 "k_questions": cfg.k_questions, "k": cfg.k, "eval_split": cfg.eval_split,
+                                 "out_dir": str(out_dir), "overwrite": True, "seed": seed, "log_every": 10,
+                                 **settings, "min_lr": settings["learning_rate"]})  # flat after warm-up
+
+
 def check_config(cfg):
     """(methods, seeds) of a config whose every setting is usable, or a UserError naming reproduce's own flag;
     checked before any training, so a mistake costs nothing. The configs of the runs reproduce starts are checked
     too, with the values this config gives them."""
     validate(cfg)  # the command line did already; a notebook's Config(...) did not
-    methods = (list(METHODS) if cfg.methods.strip() == "all" else
-               parse_list(cfg.methods, list(METHODS), "methods"))
+    methods = method_list(cfg.methods)
+    curves = method_list(cfg.curves) if cfg.curves.strip() else []
     seeds = parse_list(cfg.seeds, seed_number, "seeds")
+    parse_list(cfg.curve_steps, seed_number, "curve_steps")
     out = check_output(cfg.out_dir, "out_dir")
     root = out / f"seed{seeds[0]}"
     runs = [("VFT", vft_config(cfg, seeds[0], root / "vft")),
             ("candidates", candidates_config(cfg, seeds[0], root / "vft", root / "vft" / "candidates.jsonl"))]
-    runs += [(method, align_config(cfg, method, seeds[0], root / "vft", root / "vft" / "candidates.jsonl", root))
-             for method in methods]
+    runs += [(method, align_config(cfg, method, seeds[0], root / "vft", root / "vft" / "candidates.jsonl",
+                                   root / method)) for method in methods + curves if METHODS[method]]
     for name, run_cfg in runs:
         try:
             if isinstance(run_cfg, train_sft.TrainConfig):  # train_align.Config is one too
@@ -174,52 +235,127 @@ def check_config(cfg):
 
 
 def seed_prerequisites(cfg, seed, root):
-    """The VFT run and candidate groups of one seed, built when missing."""
-    vft_dir = root / "vft"
+    """The VFT run and candidate groups of one seed, built when missing, and the seconds each took."""
+    vft_dir, seconds = root / "vft", {}
     if not has_checkpoint(vft_dir):
+        t0 = time.time()
         train_sft.train(vft_config(cfg, seed, vft_dir))
+        seconds["vft"] = round(time.time() - t0, 1)
     cand_path = vft_dir / "candidates.jsonl"
     if not cand_path.is_file():
+        t0 = time.time()
         cands.build(candidates_config(cfg, seed, vft_dir, cand_path))
-    return vft_dir, cand_path
-
-
-def align_config(cfg, method, seed, vft_dir, cand_path, root):
-    loss, constraint = METHODS[method] or ("vft", "none")
-    return train_align.Config(loss=loss, constraint=constraint, beta=cfg.beta, beta_dpo=cfg.beta_dpo,
-                              vft=str(vft_dir), candidates=str(cand_path), batch_size=cfg.batch_size,
-                              max_steps=cfg.align_steps, learning_rate=cfg.learning_rate,
-                              min_lr=min(train_align.Config.min_lr, cfg.learning_rate),  # a floor, never above the peak
-                              save_every=cfg.align_steps, log_every=max(1, cfg.align_steps // 5),
-                              test_questions=cfg.test_questions, k_questions=cfg.k_questions, k=cfg.k,
-                              eval_split=cfg.eval_split, out_dir=str(root / method), overwrite=True, seed=seed)
-
-
-def per_question_correct(cfg, method, vft_dir, root):
-    """0/1 greedy correctness on each evaluated question of the method's saved model, in question order. The
-    metrics train_align returns are aggregates only, so the model is decoded again exactly as they decode it
-    (same questions, batch, token budget and precision)."""
-    acfg = align_config(cfg, method, 0, vft_dir, "", root)
-    directory = find_checkpoint(vft_dir if METHODS[method] is None else root / method)
-    device = pick_device("auto")
-    model, enc = load_model_and_tokenizer(directory, device)
-    examples = run_task(directory)[cfg.eval_split][:cfg.test_questions]
-    with compute.autocast(device, acfg.dtype):
-        texts = greedy_accuracy(model.eval(), enc, examples, acfg.max_new_tokens)["outputs"]
-    return [int(is_correct(text, ex["answer"])) for text, ex in zip(texts, examples)]
+        seconds["candidates"] = round(time.time() - t0, 1)
+    return vft_dir, cand_path, seconds
 
 
 def run_method(cfg, method, seed, vft_dir, cand_path, root):
-    acfg = align_config(cfg, method, seed, vft_dir, cand_path, root)
+    """(metrics, training log) of one method on one seed's VFT model."""
+    acfg = align_config(cfg, method, seed, vft_dir, cand_path, root / method)
     if METHODS[method] is None:  # the VFT model itself: evaluated exactly as the aligned ones are
         acfg = train_align.check_config(acfg)
         groups, header = cands.load_groups(cand_path, vft_dir)
         directory = find_checkpoint(vft_dir)
-        enc = load_tokenizer_of(directory)  # the run's own tokenizer
         task = run_task(directory)
-        return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, enc, task[cfg.eval_split],
-                                       groups[:cfg.k_questions], pick_device("auto"))
-    return train_align.train(acfg)["metrics"]["aligned"]
+        return train_align.vft_metrics(directory, header["fingerprint"]["model"], acfg, load_tokenizer_of(directory),
+                                       task[cfg.eval_split], groups[:cfg.k_questions], pick_device("auto")), []
+    history = train_align.train(acfg)
+    return history["metrics"]["aligned"], history["train"]
+
+
+def evaluate_steps(cfg, method, seed, vft_dir, cand_path, run_dir, steps, n_questions, **changes):
+    """One run of `method` to the last of `steps`, stopped at each and evaluated on the validation split there
+    (greedy accuracy, gold PPL, degeneration of n_questions); resumed after (bitwise: train_align.py). Returns
+    one record per step, with the training log of the steps since the previous one."""
+    records, examples = [], run_task(find_checkpoint(vft_dir))["val"][:n_questions]
+    for step in steps:
+        acfg = align_config(cfg, method, seed, vft_dir, cand_path, run_dir, max_steps=steps[-1], stop_after=step,
+                            save_every=steps[-1], test_questions=0, **changes)
+        done = has_checkpoint(run_dir) and step > steps[0]
+        history = train_align.train(replace(acfg, resume=done, overwrite=not done))
+        device = pick_device("auto")
+        model, enc = load_model_and_tokenizer(find_checkpoint(run_dir), device)
+        with compute.autocast(device, acfg.dtype):
+            metrics = evaluate_model(model.eval(), enc, examples, EvalConfig(n_questions=n_questions, k_questions=0))
+        metrics.pop("correct")
+        records.append({"step": step, **metrics, "train": history["train"][-1] if history["train"] else {}})
+        compute.log(f"  {run_dir.name} step {step}: val accuracy {metrics['t_acc']:.3f}, gold PPL "
+                    f"{metrics['gold_ppl']:.4f}, degeneration {metrics['degeneration']:.3f}")
+    return records
+
+
+def vft_val_record(cfg, vft_dir, n_questions):
+    device = pick_device("auto")
+    model, enc = load_model_and_tokenizer(find_checkpoint(vft_dir), device)
+    examples = run_task(find_checkpoint(vft_dir))["val"][:n_questions]
+    metrics = evaluate_model(model.eval(), enc, examples, EvalConfig(n_questions=n_questions, k_questions=0))
+    metrics.pop("correct")
+    return {"step": 0, **metrics}
+
+
+def tune(cfg, seeds):
+    """The tuning grid on the validation split with the first seed's VFT model: for each tuned method, each
+    learning rate and knob value, one run evaluated at GRID_STEPS. Writes tuning.json and tuning.md; returns the
+    best settings per method (highest validation accuracy; a tie goes to fewer steps, then the lower rate)."""
+    out, seed = Path(cfg.out_dir), seeds[0]
+    vft_dir, cand_path, _ = seed_prerequisites(cfg, seed, out / f"seed{seed}")
+    path = out / "tuning.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    key = {"seed": seed, "val_questions": cfg.val_questions, "grid": [GRID_LR, GRID_STEPS],
+           "task": task_settings(cfg), "vft_steps": cfg.vft_steps, "n_questions": cfg.n_questions}
+    rows = saved.get("rows", []) if saved.get("key") == json.loads(json.dumps(key)) else []
+    if not any(r["method"] == "vft" for r in rows):
+        rows.append({"method": "vft", "learning_rate": 0, "knob": None, "value": None,
+                     **vft_val_record(cfg, vft_dir, cfg.val_questions)})
+    for method, knob in KNOBS.items():
+        for lr in GRID_LR:
+            for value in (knob[1] if knob else (None,)):
+                if any(r["method"] == method and r["learning_rate"] == lr and r["value"] == value for r in rows):
+                    continue
+                name = f"{method}-lr{lr:g}" + (f"-{knob[0]}{value:g}" if knob else "")
+                changes = {"learning_rate": lr, **({knob[0]: value} if knob else {})}
+                for record in evaluate_steps(cfg, method, seed, vft_dir, cand_path, out / "tune" / name,
+                                             list(GRID_STEPS), cfg.val_questions, **changes):
+                    rows.append({"method": method, "learning_rate": lr, "knob": knob and knob[0], "value": value,
+                                 **record})
+                path.write_text(json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+    best = {}
+    for method in KNOBS:
+        candidates = [r for r in rows if r["method"] == method]
+        top = max(candidates, key=lambda r: (r["t_acc"], -r["step"], -r["learning_rate"]))
+        best[method] = {"learning_rate": top["learning_rate"], "max_steps": top["step"],
+                        **({top["knob"]: top["value"]} if top["knob"] else {})}
+    lines = ["| method | learning rate | knob | steps | val accuracy | gold PPL | chosen |", "|---" * 7 + "|"]
+    for r in rows:
+        knob = {r["knob"]: r["value"]} if r["knob"] else {}
+        chosen = best.get(r["method"]) == {"learning_rate": r["learning_rate"], "max_steps": r["step"], **knob}
+        knob = f"{r['knob']} = {r['value']:g}" if r["knob"] else "-"
+        lines.append(f"| {r['method']} | {r['learning_rate']:g} | {knob} | {r['step']} | {r['t_acc']:.3f} | "
+                     f"{r['gold_ppl']:.4f} | {'**yes**' if chosen else ''} |")
+    lines += ["", f"Validation split, {cfg.val_questions} questions, seed {seed}'s VFT model. Chosen: {best}"]
+    (out / "tuning.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return best
+
+
+def curves(cfg, seeds):
+    """C4's picture: each of --curves trained to the last of curve_steps with its settings, evaluated on the
+    validation split at each step (first seed). Writes curves.json."""
+    out, seed = Path(cfg.out_dir), seeds[0]
+    vft_dir, cand_path, _ = seed_prerequisites(cfg, seed, out / f"seed{seed}")
+    steps = parse_list(cfg.curve_steps, seed_number, "curve_steps")
+    path = out / "curves.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    key = json.loads(json.dumps({"seed": seed, "steps": steps, "val_questions": cfg.val_questions,
+                                 "task": task_settings(cfg), "vft_steps": cfg.vft_steps}))
+    result = saved if saved.get("key") == key else {"key": key, "methods": {}}
+    result["methods"].setdefault("vft", [vft_val_record(cfg, vft_dir, cfg.val_questions)])
+    for method in method_list(cfg.curves):
+        if METHODS[method] and method not in result["methods"]:
+            result["methods"][method] = evaluate_steps(cfg, method, seed, vft_dir, cand_path,
+                                                       out / "curves" / method, steps, cfg.val_questions)
+            path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def load_results(path):
@@ -274,46 +410,150 @@ def format_markdown(table, cfg):
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     seeds = sorted({n for cols in table.values() for (_, _, n) in cols.values()})
     lines.append("")
-    lines.append(f"Split: {cfg.eval_split}; seeds per cell: {', '.join(map(str, seeds))}; "
-                 f"{cfg.align_steps} alignment steps x {cfg.batch_size} groups, lr {cfg.learning_rate}, "
-                 f"beta {cfg.beta}, beta_dpo {cfg.beta_dpo}; T-Acc and gold PPL on {cfg.test_questions} "
-                 f"questions, maj@8 / rerank@8 / A-Acc (test samples) on {cfg.k_questions}, "
-                 f"A-Acc train on {cfg.k_questions} training groups (sampled chains only).")
+    lines.append(f"Split: {cfg.eval_split}; seeds per cell: {', '.join(map(str, seeds))}; T-Acc and gold PPL on "
+                 f"{cfg.test_questions} questions, maj@8 / rerank@8 / A-Acc (test samples) on {cfg.k_questions}, "
+                 f"A-Acc train on {cfg.k_questions} training groups (sampled chains only); each method's steps and "
+                 f"learning rate are in the budget table below.")
     return "\n".join(lines)
+
+
+def chain_steps(answer):
+    """Reasoning lines of a reference chain (the lines before its final `#### N`): the question's difficulty."""
+    return sum(1 for line in answer.split("####")[0].splitlines() if line.strip())
+
+
+def by_difficulty(records, methods, examples):
+    """{method: {steps: (accuracy over seeds and questions, questions per seed)}} from per-question correctness."""
+    steps = [chain_steps(ex["answer"]) for ex in examples]
+    table = {}
+    for method in methods:
+        rows = [r["correct"] for r in records if r["method"] == method and r.get("correct")]
+        for n in sorted(set(steps)):
+            picked = [row[i] for row in rows for i, s in enumerate(steps[:len(row)]) if s == n]
+            if picked:
+                table.setdefault(method, {})[n] = (sum(picked) / len(picked), len(picked) // len(rows))
+    return table
+
+
+def format_difficulty(table):
+    levels = sorted({n for row in table.values() for n in row})
+    lines = ["| method | " + " | ".join(f"{n} steps" for n in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for method, row in table.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[n][0]:.3f}" if n in row else "-" for n in levels) + " |")
+    counts = next(iter(table.values()), {})
+    lines += ["", "T-Acc by the number of reasoning lines of the question's reference chain, pooled over seeds ("
+              + ", ".join(f"{n} steps: {counts[n][1]}" for n in levels if n in counts) + " questions per seed)."]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def flipped(cfg, root, method, n_groups=100, shown=3):
+    """Chains of training groups whose order the method reversed: pairs (right, wrong) that the VFT model scored
+    wrong above right and the method's model right above wrong. Returns markdown, or "" without both models."""
+    vft_dir, run_dir = root / "vft", root / method
+    if not (has_checkpoint(vft_dir) and has_checkpoint(run_dir)):
+        return ""
+    groups, _ = cands.load_groups(vft_dir / "candidates.jsonl", vft_dir)
+    groups = groups[:n_groups]
+    device = pick_device("auto")
+    before, after = (group_scores(load_model_and_tokenizer(find_checkpoint(d), device)[0].eval(),
+                                  load_tokenizer_of(find_checkpoint(d)), groups)
+                     for d in (vft_dir, run_dir))
+    s0, correct, gold, valid = before
+    s1 = after[0]
+    lines, pairs, flips = [], 0, 0
+    for b, group in enumerate(groups):
+        for p in range(len(group["candidates"])):
+            for n in range(len(group["candidates"])):
+                if not (valid[b, p] and valid[b, n] and correct[b, p] and not correct[b, n] and not gold[b, p]):
+                    continue
+                pairs += 1
+                if s0[b, p] < s0[b, n] and s1[b, p] > s1[b, n]:
+                    flips += 1
+                    if flips <= shown:
+                        c = group["candidates"]
+                        lines += [f"**Question.** {group['question']}", "",
+                                  f"Right chain, s = {s0[b, p]:.4f} -> {s1[b, p]:.4f}:", "```", c[p]["text"].strip(),
+                                  "```", f"Wrong chain, s = {s0[b, n]:.4f} -> {s1[b, n]:.4f}:", "```",
+                                  c[n]["text"].strip(), "```", ""]
+    reversed_back = sum(1 for b in range(len(groups)) for p in range(valid.shape[1]) for n in range(valid.shape[1])
+                        if valid[b, p] and valid[b, n] and correct[b, p] and not correct[b, n] and not gold[b, p]
+                        and s0[b, p] > s0[b, n] and s1[b, p] < s1[b, n])
+    head = (f"Of {pairs} (right, wrong) pairs of sampled chains in {len(groups)} training groups (seed "
+            f"{root.name[4:]}), {method} put {flips} the right way round that VFT had the wrong way, and "
+            f"{reversed_back} the other way. The first {min(shown, flips)}:")
+    return "\n".join([head, ""] + lines)
+
+
+def write_report(cfg, records, methods, seeds):
+    """results.md from the records: the table, the paired comparisons, by difficulty, the alignment budgets, and
+    flipped chains of the first seed (when its models are on disk)."""
+    out = Path(cfg.out_dir)
+    parts = [format_markdown(summarize(records, methods), cfg), format_comparisons(compare(records, methods,
+                                                                                         N_BOOT, BOOT_SEED))]
+    first = next((r for r in records if r["method"] == "vft"), None)
+    if first:
+        examples = run_task(find_checkpoint(out / f"seed{first['seed']}" / "vft"))[cfg.eval_split]
+        parts.append(format_difficulty(by_difficulty(records, methods, examples)))
+    budget = ["| method | steps | groups per step | learning rate | other settings | minutes per run |",
+              "|---|---|---|---|---|---|"]
+    for method in methods:
+        runs = [r for r in records if r["method"] == method]
+        if runs and METHODS[method]:
+            s = runs[0]["method_settings"]
+            other = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("learning_rate", "max_steps"))
+            minutes = statistics.mean(r["seconds"] for r in runs) / 60
+            budget.append(f"| {method} | {s['max_steps']} | {cfg.batch_size} | {s['learning_rate']:g} | {other} | "
+                          f"{minutes:.1f} |")
+    parts.append("\n".join(budget))
+    for method in ("aft_bc", "aft_rank"):
+        if method in methods:
+            text = flipped(cfg, out / f"seed{seeds[0]}", method)
+            if text:
+                parts.append(text)
+                break
+    report = "\n\n".join(parts) + "\n"
+    (out / "results.md").write_text(report)
+    return report
 
 
 def run(cfg):
     cfg = resolved(cfg)
     methods, seeds = check_config(cfg)  # every setting, before anything is trained or written
     out = Path(cfg.out_dir)
+    if cfg.tune:
+        return tune(cfg, seeds)
+    if cfg.curves.strip():
+        return curves(cfg, seeds)
     results_path = out / "results.json"
     records = load_results(results_path)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("methods", "seeds")}
+    settings = {k: v for k, v in config_to_dict(cfg).items()
+                if k not in ("methods", "seeds", "quick", "tune", "curves", "report", "curve_steps", "val_questions")}
     t_start = time.time()
-    for seed in seeds:
+    for seed in seeds if not cfg.report else []:
         root = out / f"seed{seed}"
-        vft_dir, cand_path = seed_prerequisites(cfg, seed, root)
-        for method in methods:
-            if any(r["seed"] == seed and r["method"] == method and r["settings"] == settings for r in records):
-                continue
+        todo = [m for m in methods if not any(r["seed"] == seed and r["method"] == m and r["settings"] == settings
+                                              and r.get("method_settings") == method_settings(cfg, m) for r in records)]
+        if not todo:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        vft_dir, cand_path, seconds = seed_prerequisites(cfg, seed, root)
+        for method in todo:
             t0 = time.time()
-            print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(t0 - t_start)})",
-                  flush=True)
-            metrics = run_method(cfg, method, seed, vft_dir, cand_path, root)
-            correct = per_question_correct(cfg, method, vft_dir, root)
-            if correct and abs(sum(correct) / len(correct) - metrics["t_acc"]) > 1e-9:
-                print(f"reproduce: warning: {method} seed {seed}: per-question accuracy "
-                      f"{sum(correct) / len(correct):.4f} differs from T-Acc {metrics['t_acc']:.4f}", flush=True)
-            records.append({"seed": seed, "method": method, "settings": settings, "metrics": metrics,
-                            "correct": correct, "seconds": round(time.time() - t0, 1)})
+            print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(t0 - t_start)})", flush=True)
+            metrics, log = run_method(cfg, method, seed, vft_dir, cand_path, root)
+            metrics = dict(metrics)
+            correct = metrics.pop("correct")
+            records.append({"seed": seed, "method": method, "settings": settings,
+                            "method_settings": method_settings(cfg, method), "metrics": metrics, "correct": correct,
+                            "train": log, "seconds": round(time.time() - t0, 1),
+                            **({"prerequisite_seconds": seconds} if method == todo[0] else {})})
             results_path.write_text(json.dumps(records, indent=1) + "\n")
-    done = [r for r in records if r["settings"] == settings]
-    table = format_markdown(summarize(done, methods), cfg)
-    rows = compare(done, methods, N_BOOT, BOOT_SEED)
-    table += "\n\n" + format_comparisons(rows)
-    (out / "results.md").write_text(table + "\n")
-    print(table)
+    done = [r for r in records if r["settings"] == settings and r["method"] in methods]
+    if not done:
+        raise UserError(f"--report: {results_path} holds no results of these settings and methods")
+    report = write_report(cfg, done, methods, seeds)
+    print(report)
     print(f"reproduce: {format_seconds(time.time() - t_start)} -> {out / 'results.md'}")
     return summarize(done, methods)
 

@@ -39,7 +39,7 @@ class Config(train_sft.TrainConfig):
     beta: float = bounded(losses.BETA, above=0)  # boundary margin of bc, in nats of mean log-prob (losses.BETA)
     beta_dpo: float = bounded(0.1, above=0)  # DPO's inverse temperature
     lam: float = bounded(1.0, min=0)  # weight lambda of the alignment term (aft, aft_rank) [paper: 1]
-    nll_on: str = field(default="positives", metadata={"choices": ("positives", "gold")})  # L_NLL's chains [ours]
+    nll_on: str = field(default="positives", metadata={"choices": ("positives", "gold", "none")})  # aft's L_NLL [ours]
     vft: str = "out/vft"            # VFT run directory; only this default one is built when missing (a typo is not)
     candidates: str = ""            # candidate file; "" = <vft>/candidates.jsonl (built when missing)
     n_questions: int = bounded(1200, min=1)  # training questions to sample candidates for
@@ -110,7 +110,7 @@ def alignment_objective(cfg, scores, logps, info):
     """Per-question loss (B,) of cfg.loss and its parts {name: (B,)}. scores s and logps S are (B, K)."""
     valid, grades, dc = info["valid"], info["grades"], cfg.constraint == "dc"
     parts = {}
-    if cfg.loss in ("vft", "rft", "aft", "aft_rank"):  # the gold chain (vft, --nll_on=gold), else gold + positives
+    if cfg.loss in ("vft", "rft") or cfg.loss in ("aft", "aft_rank") and cfg.nll_on != "none":  # none: L_CA alone
         gold_only = cfg.loss == "vft" or (cfg.loss != "rft" and cfg.nll_on == "gold")
         selected = info["gold"] if gold_only else info["gold"] | info["correct"]
         parts["nll"] = losses.nll_loss(scores, valid & selected)
@@ -186,10 +186,11 @@ def train(cfg):
         return save_run(cfg.out_dir, model, optimizer, run_state, enc, full)
 
     start, last, full, t0 = state["step"], min(cfg.stop_after or cfg.max_steps, cfg.max_steps), None, time.time()
+    parts, seen, window = {}, [], []  # since the last progress line, whose figures are means over those steps
     for step in range(start, last):
         lr = train_sft.learning_rate(step, cfg)
         batch = [groups[i] for i in train_sft.batch_indices(step, cfg.batch_size, len(groups), cfg.seed)]
-        loss, parts, seen = 0.0, {}, []
+        loss = 0.0
         for m, micro in enumerate(compute.micro_batches(batch, cfg.grad_accum)):  # the whole batch in one process
             (idx, targets, mask), info = group_batch(micro, enc, cfg.max_candidates, device)
             with compute.gradient_sync(model, m == cfg.grad_accum - 1), compute.autocast(device, cfg.dtype):
@@ -205,15 +206,16 @@ def train(cfg):
             for name, value in question_parts.items():
                 parts[name] = parts.get(name, 0.0) + value.detach().sum() / cfg.batch_size
             seen.append(torch.stack([scores.detach(), info["valid"].float(), info["correct"].float()], dim=-1))
-        loss = train_sft.apply_gradients(model, optimizer, cfg, step, loss, lr)
+        window.append(train_sft.apply_gradients(model, optimizer, cfg, step, loss, lr))
 
         done = step + 1
         if done % cfg.log_every == 0 or done == last:  # every rank: the sums below are collectives
             summed = compute.sum_across(torch.stack([parts[name].float().cpu() for name in sorted(parts)])).tolist()
             scores_all, valid_all, correct_all = compute.gather_rows(torch.cat(seen)).unbind(dim=-1)  # (B, K) each
-            record = {"step": done, "loss": loss, **dict(zip(sorted(parts), summed)),
-                      **score_stats(scores_all, valid_all.bool(), correct_all.bool()), "lr": lr}
+            means = {k: v / len(window) for k, v in [("loss", sum(window)), *zip(sorted(parts), summed)]}
+            record = {"step": done, **means, **score_stats(scores_all, valid_all.bool(), correct_all.bool()), "lr": lr}
             history["train"].append(record)
+            parts, seen, window = {}, [], []
             shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "lr"))
             compute.log(f"step {done:4d}/{cfg.max_steps} | {shown} | lr {lr:.1e} | "
                         f"{compute.progress(t0, done - start, last - done)}")

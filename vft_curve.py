@@ -6,6 +6,7 @@ a plateau is a gain under --plateau_points accuracy points per doubling.
 
     python vft_curve.py --steps=100,200,400,800,1600,3200 --out_dir=out/vft_curve
     python vft_curve.py --separate=True ...     # each length its own run, with its own learning-rate schedule
+    python vft_curve.py --max_factor=6 --max_number=20 --block_size=256   # reproduce.py's task
     records = run(Config(steps="100,200"), base=train_sft.Config(n_layer=2))   # from Python
 
 The learning-rate schedule: max_steps sets the cosine decay's length, so in the one long run the model at step
@@ -46,6 +47,9 @@ class Config:
     seed: int = bounded(1337, min=0)  # training seed (train_sft's --seed)
     plateau_points: float = bounded(1.0, above=0)  # a doubling gaining less than this (accuracy points) is a plateau
     device: str = "auto"            # "auto", "cpu", "cuda", ...
+    max_factor: int = bounded(12, min=2)  # synth difficulty (train_sft's flag): reproduce.py's task uses 6
+    max_number: int = bounded(40, min=2)  # synth difficulty (train_sft's flag): reproduce.py's task uses 20
+    block_size: int = bounded(384, min=8)  # the fresh model's context (reproduce.py's: 256)
 
 
 def parse_steps(text):
@@ -168,7 +172,7 @@ def run(cfg, base=None):
     validate(cfg)
     steps = parse_steps(cfg.steps)
     out = check_output(cfg.out_dir, "out_dir")
-    base = base or train_sft.Config()
+    base = base or train_sft.Config(max_factor=cfg.max_factor, max_number=cfg.max_number, block_size=cfg.block_size)
     base = replace(base, seed=cfg.seed, device=cfg.device, test_questions=0, eval_every=0)
     # settings that change what a record means; a rerun with other ones must not mix with these
     # the long run's schedule depends on its last step; separate runs each end at their own

@@ -21,6 +21,7 @@ class TaskConfig:  # the task a run trains on (train_sft.Config's, saved with th
     dataset: str = field(default="synth", metadata={"choices": TASKS})  # synth: generated; gsm8k, aqua: data_dir's
     data_dir: str = ""              # folder of the task files (gsm8k: train/test.jsonl; aqua: dev/test.json)
     n_train: int = bounded(30000, min=1)  # generated training problems (synth)
+    n_test: int = bounded(1000, min=1)  # test questions (synth: generated, drawn first; gsm8k, aqua: the first ones)
     data_seed: int = bounded(0, min=0)  # seed of the generated task (the same task for every training seed)
     min_chain_steps: int = bounded(2, min=1)  # difficulty (synth): fewest reasoning steps per problem
     max_chain_steps: int = bounded(4, min=1)  # difficulty (synth): most reasoning steps per problem
@@ -127,7 +128,8 @@ def task_from_config(config):
     except ValueError as e:
         raise UserError(f"difficulty: {e}") from None
     return load_task(config.get("dataset", "synth"), data_dir=config.get("data_dir") or None,
-                     seed=config.get("data_seed", 0), n_train=config.get("n_train"), difficulty=difficulty)
+                     seed=config.get("data_seed", 0), n_train=config.get("n_train"), n_test=config.get("n_test"),
+                     difficulty=difficulty)
 
 
 def run_config(model_dir):

@@ -52,11 +52,33 @@ def test_bad_settings_are_refused_before_anything_is_trained_or_written(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-def test_a_learning_rate_below_the_default_floor_lowers_the_floor(tmp_path):
-    cfg = reproduce.Config(learning_rate=1e-6, out_dir=str(tmp_path / "rep"))
+def test_a_methods_settings_are_tuned_unless_a_flag_overrides_them():
+    cfg = reproduce.Config()
     acfg = reproduce.align_config(cfg, "aft_bc", 0, "vft", "c.jsonl", reproduce.Path("out"))
-    assert acfg.min_lr == 1e-6
-    assert reproduce.check_config(cfg)[1] == [0, 1, 2, 3, 4]
+    tuned = reproduce.TUNED["aft_bc"]
+    assert (acfg.loss, acfg.constraint, acfg.max_steps, acfg.learning_rate) == (
+        "aft", "bc", tuned["max_steps"], tuned["learning_rate"])
+    assert acfg.min_lr == acfg.learning_rate  # flat after warm-up: step n of a longer run is the n-step model
+    cfg = reproduce.Config(learning_rate=1e-6, align_steps=7, beta=0.3)
+    acfg = reproduce.align_config(cfg, "align_only", 0, "vft", "c.jsonl", reproduce.Path("out"))
+    assert (acfg.learning_rate, acfg.min_lr, acfg.max_steps, acfg.beta, acfg.nll_on) == (1e-6, 1e-6, 7, 0.3, "none")
+    assert reproduce.check_config(reproduce.Config())[1] == [0, 1, 2, 3, 4]
+
+
+def test_groups_expand_in_order_without_repeats():
+    assert reproduce.method_list("headline") == ["vft", "vft_more", "rft", "aft_bc"]
+    assert reproduce.method_list("vft,ablations")[:4] == ["vft", "vft_more", "rft", "aft_dc"]
+    assert reproduce.method_list("all") == list(reproduce.METHODS)
+
+
+def test_chain_steps_and_accuracy_by_difficulty():
+    examples = [{"answer": "a = 1.\nb = 2.\n#### 2"}, {"answer": "a = 1.\nb = 2.\nc = 3.\n#### 3"},
+                {"answer": "x.\n\ny.\n#### 5"}]
+    assert [reproduce.chain_steps(ex["answer"]) for ex in examples] == [2, 3, 2]
+    records = [{"method": "m", "correct": [1, 0, 0]}, {"method": "m", "correct": [1, 1, 1]}]
+    table = reproduce.by_difficulty(records, ["m"], examples)
+    assert table == {"m": {2: (pytest.approx(3 / 4), 2), 3: (pytest.approx(1 / 2), 1)}}
+    assert "| m | 0.750 | 0.500 |" in reproduce.format_difficulty(table)
 
 
 def outcomes(rate, n, seed):
@@ -105,7 +127,7 @@ def test_bootstrap_is_deterministic_under_its_seed():
 
 def test_quick_replaces_its_settings_and_keeps_its_own_out_dir():
     cfg = reproduce.resolved(reproduce.Config(quick=True, seeds="7"))
-    assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == ("0,1", "vft,vft_more,rft,aft_bc", 0,
+    assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == (reproduce.QUICK["seeds"], "headline", 0,
                                                                        "out/reproduce_quick")
     assert reproduce.check_config(cfg)[0] == ["vft", "vft_more", "rft", "aft_bc"]
     assert reproduce.check_config(reproduce.Config(methods="all"))[0] == list(reproduce.METHODS)
@@ -119,7 +141,7 @@ def test_a_results_file_that_is_not_ours_is_named(tmp_path):
 
 def test_miniature_run_is_resumable(tmp_path, capsys):
     cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
-                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2)
+                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20)
     table = reproduce.run(cfg)
     assert set(table) == {"vft", "aft_bc"}
     records = json.loads((tmp_path / "results.json").read_text())
@@ -130,8 +152,32 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
     report = (tmp_path / "results.md").read_text()
     assert "| aft_bc |" in report and "| aft_bc | vft |" in report
     capsys.readouterr()
+    assert records[1]["train"] and {"loss", "ca", "nll", "margin"} <= set(records[1]["train"][-1])
+    assert "right way round" in report  # the flipped-chains section ran on the saved models
     reproduce.run(cfg)  # everything is done: nothing is trained again
     assert "=== reproduce" not in capsys.readouterr().out
+    reproduce.run(reproduce.replace(cfg, report=True))
+    assert (tmp_path / "results.md").read_text() == report
+
+
+def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
+    """The grid's runs are evaluated on the validation split at each of its steps, and the best one is chosen."""
+    monkeypatch.setattr(reproduce, "GRID_LR", (1e-4,))
+    monkeypatch.setattr(reproduce, "GRID_STEPS", (1, 2))
+    monkeypatch.setattr(reproduce, "KNOBS", {"aft_bc": ("beta", (0.05, 0.2)), "rft": None})
+    cfg = reproduce.Config(seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2, batch_size=2,
+                           n_test=20, val_questions=3, tune=True)
+    best = reproduce.run(cfg)
+    rows = json.loads((tmp_path / "tuning.json").read_text())["rows"]
+    assert [(r["method"], r["value"], r["step"]) for r in rows] == [
+        ("vft", None, 0), ("aft_bc", 0.05, 1), ("aft_bc", 0.05, 2), ("aft_bc", 0.2, 1), ("aft_bc", 0.2, 2),
+        ("rft", None, 1), ("rft", None, 2)]
+    top = max((r for r in rows if r["method"] == "rft"), key=lambda r: (r["t_acc"], -r["step"]))
+    assert best["rft"] == {"learning_rate": 1e-4, "max_steps": top["step"]}
+    assert set(best["aft_bc"]) == {"learning_rate", "max_steps", "beta"}
+    result = reproduce.run(reproduce.replace(cfg, tune=False, curves="aft_none", curve_steps="1,2"))
+    assert [r["step"] for r in result["methods"]["aft_none"]] == [1, 2]
+    assert {"t_acc", "gold_ppl", "degeneration"} <= set(result["methods"]["vft"][0])
 
 
 def test_an_aqua_row(tmp_path):
