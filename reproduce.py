@@ -498,9 +498,11 @@ def write_report(cfg, records, methods, seeds):
     parts = [format_markdown(summarize(records, methods), cfg), format_comparisons(compare(records, methods,
                                                                                          N_BOOT, BOOT_SEED))]
     first = next((r for r in records if r["method"] == "vft"), None)
-    if first:
+    if first:  # every seed's task is the same; its questions' difficulty also goes to difficulty.json (the figure)
         examples = run_task(find_checkpoint(out / f"seed{first['seed']}" / "vft"))[cfg.eval_split]
         parts.append(format_difficulty(by_difficulty(records, methods, examples)))
+        steps = [chain_steps(ex["answer"]) for ex in examples[:len(first["correct"])]]
+        (out / "difficulty.json").write_text(json.dumps(steps) + "\n")
     budget = ["| method | steps | groups per step | learning rate | other settings | minutes per run |",
               "|---|---|---|---|---|---|"]
     for method in methods:

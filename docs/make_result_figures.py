@@ -6,7 +6,7 @@ Nothing is trained or evaluated here: rerun it whenever a result file changes.
     python docs/make_result_figures.py           # writes docs/figures/<name>.png for every input that is there
 
     input (docs/results/)          figure (docs/figures/)   what it shows
-    results.json                   results.png              each method's paired T-Acc difference against VFT, RFT
+    results.json                   reproduction.png         each method's paired T-Acc difference against VFT, RFT
                                                             and more VFT, with its 95% bootstrap interval
     results.json                   mechanism.png            the training logs: loss and its parts, the margin
                                                             s_pos - s_neg, and s_pos, s_neg, mean over seeds
@@ -314,7 +314,7 @@ def main(results_dir=RESULTS, figures_dir=FIGURES, difficulty=None):
     if difficulty is None:
         difficulty = load(results_dir / "difficulty.json")
     jobs = [  # (figure, its inputs, the files it needs, how to draw it)
-        ("results.png", records, "results.json", lambda p: results_figure(records, p)),
+        ("reproduction.png", records, "results.json", lambda p: results_figure(records, p)),
         ("mechanism.png", records, "results.json", lambda p: mechanism_figure(records, p)),
         ("difficulty.png", records and difficulty, "results.json and difficulty.json",
          lambda p: difficulty_figure(records, difficulty, p)),

@@ -63,7 +63,7 @@ def test_every_figure_is_written_as_a_png(tmp_path):
     write_inputs(tmp_path)
     difficulty = [2 + q % 3 for q in range(N_QUESTIONS)]
     written = figures.main(results_dir=tmp_path, figures_dir=tmp_path / "figs", difficulty=difficulty)
-    names = ["results.png", "mechanism.png", "difficulty.png", "c4.png", "tuning.png"]
+    names = ["reproduction.png", "mechanism.png", "difficulty.png", "c4.png", "tuning.png"]
     assert [p.name for p in written] == names
     for name in names:
         assert (tmp_path / "figs" / name).read_bytes().startswith(b"\x89PNG")
@@ -76,7 +76,7 @@ def test_a_missing_input_skips_its_figure_with_a_note(tmp_path, capsys):
     written = figures.main(results_dir=tmp_path, figures_dir=tmp_path / "figs")  # no difficulty.json either
     assert [p.name for p in written] == ["tuning.png"]
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
-    assert [line.split(":")[0] for line in notes] == ["skipped results.png", "skipped mechanism.png",
+    assert [line.split(":")[0] for line in notes] == ["skipped reproduction.png", "skipped mechanism.png",
                                                       "skipped difficulty.png", "skipped c4.png"]
 
 
