@@ -183,6 +183,11 @@ def method_settings(cfg, method):
     return {**METHODS[method], **tuned} if METHODS[method] else tuned
 
 
+def recorded_settings(cfg, method):
+    """What a record keeps of its method's settings (none for the VFT model, which is not trained here)."""
+    return method_settings(cfg, method) if METHODS[method] else {}
+
+
 def task_settings(cfg):
     return {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "max_factor": cfg.max_factor,
             "max_number": cfg.max_number, "n_test": cfg.n_test}
@@ -540,8 +545,8 @@ def run(cfg):
     t_start = time.time()
     for seed in seeds if not cfg.report else []:
         root = out / f"seed{seed}"
-        todo = [m for m in methods if not any(r["seed"] == seed and r["method"] == m and r["settings"] == settings
-                                              and r.get("method_settings") == method_settings(cfg, m) for r in records)]
+        todo = [m for m in methods if not any((r["seed"], r["method"], r["settings"], r.get("method_settings")) ==
+                                              (seed, m, settings, recorded_settings(cfg, m)) for r in records)]
         if not todo:
             continue
         out.mkdir(parents=True, exist_ok=True)
@@ -553,7 +558,7 @@ def run(cfg):
             metrics = dict(metrics)
             correct = metrics.pop("correct")
             records.append({"seed": seed, "method": method, "settings": settings,
-                            "method_settings": method_settings(cfg, method), "metrics": metrics, "correct": correct,
+                            "method_settings": recorded_settings(cfg, method), "metrics": metrics, "correct": correct,
                             "train": log, "seconds": round(time.time() - t0, 1),
                             **({"prerequisite_seconds": seconds} if method == todo[0] else {})})
             results_path.write_text(json.dumps(records, indent=1) + "\n")
