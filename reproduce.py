@@ -562,7 +562,8 @@ def run(cfg):
                             "train": log, "seconds": round(time.time() - t0, 1),
                             **({"prerequisite_seconds": seconds} if method == todo[0] else {})})
             results_path.write_text(json.dumps(records, indent=1) + "\n")
-    done = [r for r in records if r["settings"] == settings and r["method"] in methods]
+    done = [r for r in records if r["method"] in methods and r["settings"] == settings
+            and r.get("method_settings") == recorded_settings(cfg, r["method"])]  # an earlier tuning's are left out
     if not done:
         raise UserError(f"--report: {results_path} holds no results of these settings and methods")
     report = write_report(cfg, done, methods, seeds)
