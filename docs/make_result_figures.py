@@ -14,6 +14,8 @@ Nothing is trained or evaluated here: rerun it whenever a result file changes.
     curves.json                    c4.png                   long runs, unconstrained against constrained: accuracy,
                                                             gold perplexity and degeneration along the way
     tuning.json                    tuning.png               the tuning grid's validation accuracy, the chosen point
+    vft_curves.json                vft_curves.png           VFT's validation curves on the reproduction's task
+                                                            ({label: vft_curve.py's curve.json})
 
 A missing input skips its figure with a one-line note. difficulty.json is a JSON list with the number of reasoning
 steps of each test question, in results.json's order: [reproduce.chain_steps(ex["answer"]) for ex in the test
@@ -306,11 +308,34 @@ def tuning_figure(tuning, path):
     return save(fig, path)
 
 
+def vft_curves_figure(curves, path):
+    """VFT's validation accuracy and loss against steps for each curve of vft_curves.json ({label: curve.json of
+    vft_curve.py}): how long VFT must train on the reproduction's task, for each model size tried."""
+    plt = pyplot()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in curves.items():
+        records = sorted(curve["records"], key=lambda r: r["step"])
+        steps = [r["step"] for r in records]
+        ax_acc.plot(steps, [r["accuracy"] for r in records], "o-", label=label)
+        ax_loss.plot(steps, [r["val_loss"] for r in records], "o-", label=label)
+    for ax, name in ((ax_acc, "validation accuracy (greedy)"), (ax_loss, "validation loss (gold chains)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("VFT steps (one schedule per curve, its cosine ending at the last point)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_yscale("log")
+    fig.suptitle("How long VFT trains on the reproduction's task", fontsize=11)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def main(results_dir=RESULTS, figures_dir=FIGURES, difficulty=None):
     """Every figure whose input is in results_dir, written to figures_dir; returns the paths written.
     difficulty: reasoning steps per test question (None: results_dir/difficulty.json when it is there)."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
-    records, curves, tuning = (load(results_dir / name) for name in ("results.json", "curves.json", "tuning.json"))
+    records, curves, tuning, vft_curves = (load(results_dir / name) for name in
+                                           ("results.json", "curves.json", "tuning.json", "vft_curves.json"))
     if difficulty is None:
         difficulty = load(results_dir / "difficulty.json")
     jobs = [  # (figure, its inputs, the files it needs, how to draw it)
@@ -320,6 +345,7 @@ def main(results_dir=RESULTS, figures_dir=FIGURES, difficulty=None):
          lambda p: difficulty_figure(records, difficulty, p)),
         ("c4.png", curves, "curves.json", lambda p: c4_figure(curves, p)),
         ("tuning.png", tuning, "tuning.json", lambda p: tuning_figure(tuning, p)),
+        ("vft_curves.png", vft_curves, "vft_curves.json", lambda p: vft_curves_figure(vft_curves, p)),
     ]
     written = []
     for name, inputs, needed, draw in jobs:

@@ -65,6 +65,16 @@ def test_a_methods_settings_are_tuned_unless_a_flag_overrides_them():
     assert reproduce.check_config(reproduce.Config())[1] == [0, 1, 2, 3, 4]
 
 
+def test_a_baseline_with_the_boundary_term_takes_its_baselines_settings_and_aft_bcs_margin(monkeypatch):
+    monkeypatch.setattr(reproduce, "TUNED", {"aft_bc": {"learning_rate": 1e-4, "max_steps": 100, "beta": 0.2},
+                                             "rrhf": {"learning_rate": 3e-5, "max_steps": 400}})
+    cfg = reproduce.Config()
+    assert reproduce.method_settings(cfg, "rrhf_bc") == {"loss": "rrhf", "constraint": "bc", "learning_rate": 3e-5,
+                                                         "max_steps": 400, "beta": 0.2}
+    assert reproduce.method_settings(cfg, "pro")["learning_rate"] == 1e-4  # not tuned: aft_bc's
+    assert reproduce.recorded_settings(cfg, "vft") == {}
+
+
 def test_groups_expand_in_order_without_repeats():
     assert reproduce.method_list("headline") == ["vft", "vft_more", "rft", "aft_bc"]
     assert reproduce.method_list("vft,ablations")[:4] == ["vft", "vft_more", "rft", "aft_dc"]

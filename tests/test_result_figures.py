@@ -57,13 +57,15 @@ def write_inputs(folder):
                     rows.append({"method": method, "learning_rate": lr, "knob": knob, "value": value, "step": step,
                                  **point, "t_acc": 0.5 + lr * step + (value or 0) / 10})
     (folder / "tuning.json").write_text(json.dumps({"key": {"seed": 0, "val_questions": 50}, "rows": rows}))
+    curve = {"records": [{"step": s, "accuracy": a, "val_loss": l} for s, a, l in ((100, 0.1, 0.5), (200, 0.6, 0.1))]}
+    (folder / "vft_curves.json").write_text(json.dumps({"2 layers": curve, "4 layers": curve}))
 
 
 def test_every_figure_is_written_as_a_png(tmp_path):
     write_inputs(tmp_path)
     difficulty = [2 + q % 3 for q in range(N_QUESTIONS)]
     written = figures.main(results_dir=tmp_path, figures_dir=tmp_path / "figs", difficulty=difficulty)
-    names = ["reproduction.png", "mechanism.png", "difficulty.png", "c4.png", "tuning.png"]
+    names = ["reproduction.png", "mechanism.png", "difficulty.png", "c4.png", "tuning.png", "vft_curves.png"]
     assert [p.name for p in written] == names
     for name in names:
         assert (tmp_path / "figs" / name).read_bytes().startswith(b"\x89PNG")
@@ -74,7 +76,7 @@ def test_a_missing_input_skips_its_figure_with_a_note(tmp_path, capsys):
     for name in ("results.json", "curves.json"):
         (tmp_path / name).unlink()
     written = figures.main(results_dir=tmp_path, figures_dir=tmp_path / "figs")  # no difficulty.json either
-    assert [p.name for p in written] == ["tuning.png"]
+    assert [p.name for p in written] == ["tuning.png", "vft_curves.png"]
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
     assert [line.split(":")[0] for line in notes] == ["skipped reproduction.png", "skipped mechanism.png",
                                                       "skipped difficulty.png", "skipped c4.png"]
