@@ -387,6 +387,11 @@ def load_results(path):
     return records
 
 
+def write_results(path, records):
+    """results.json with one record a line: compact (the per-question lists are long), still diffable."""
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+
+
 def with_deltas(records):
     """Each record's metrics plus d_t_acc, its T-Acc minus the VFT model's of the same seed (when known)."""
     base = {r.get("seed"): r["metrics"]["t_acc"] for r in records if r["method"] == "vft"}
@@ -564,7 +569,7 @@ def run(cfg):
                             "method_settings": recorded_settings(cfg, method), "metrics": metrics, "correct": correct,
                             "train": log, "seconds": round(time.time() - t0, 1),
                             **({"prerequisite_seconds": seconds} if method == todo[0] else {})})
-            results_path.write_text(json.dumps(records, indent=1) + "\n")
+            write_results(results_path, records)
     done = [r for r in records if r["method"] in methods and r["settings"] == settings
             and r.get("method_settings") == recorded_settings(cfg, r["method"])]  # an earlier tuning's are left out
     if not done:
