@@ -7,7 +7,7 @@ questions to see a 2-point difference; then the mean +- std table and paired boo
     python reproduce.py                           # headline + ablations + aft_none, seeds 0-4, test split
     python reproduce.py --quick                   # the classroom version (settings in QUICK)
     python reproduce.py --methods=c5,c4           # the baselines (same VFT models and candidates, cached)
-    python reproduce.py --curves=aft_none,rrhf,dpo,aft_bc   # C4: long runs evaluated along the way (val split)
+    python reproduce.py --curves=c4               # C4: long runs evaluated along the way (val split)
     python reproduce.py --report                  # results.md again from results.json; nothing is trained
 
 Methods (train_align.py settings):
@@ -122,7 +122,7 @@ class Config:
     test_questions: int = bounded(5000, min=0)  # questions for T-Acc and gold PPL (at most the split's)
     k_questions: int = bounded(1000, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
     val_questions: int = bounded(500, min=1)  # validation questions of --tune and --curves
-    curve_steps: str = "100,200,400,800"  # steps at which --curves evaluates
+    curve_steps: str = "50,100,200,400,800"  # steps at which --curves evaluates
 
 
 def resolved(cfg):
@@ -353,21 +353,24 @@ def tune(cfg, seeds):
 
 
 def curves(cfg, seeds):
-    """C4's picture: each of --curves trained to the last of curve_steps with its settings, evaluated on the
-    validation split at each step (first seed). Writes curves.json."""
+    """C4's picture: each of --curves trained to the last of curve_steps, evaluated on the validation split at each
+    step (first seed). Every method takes aft_bc's tuned learning rate, so that with the same step size the
+    constraint is the difference between a method and its bc form. Writes curves.json."""
     out, seed = Path(cfg.out_dir), seeds[0]
     vft_dir, cand_path, _ = seed_prerequisites(cfg, seed, out / f"seed{seed}")
     steps = parse_list(cfg.curve_steps, seed_number, "curve_steps")
     path = out / "curves.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     key = json.loads(json.dumps({"seed": seed, "steps": steps, "val_questions": cfg.val_questions,
-                                 "task": task_settings(cfg), "vft_steps": cfg.vft_steps}))
+                                 "task": task_settings(cfg), "vft_steps": cfg.vft_steps,
+                                 "learning_rate": method_settings(cfg, "aft_bc")["learning_rate"]}))
     result = saved if saved.get("key") == key else {"key": key, "methods": {}}
     result["methods"].setdefault("vft", [vft_val_record(cfg, vft_dir, cfg.val_questions)])
     for method in method_list(cfg.curves):
         if METHODS[method] and method not in result["methods"]:
             result["methods"][method] = evaluate_steps(cfg, method, seed, vft_dir, cand_path,
-                                                       out / "curves" / method, steps, cfg.val_questions)
+                                                       out / "curves" / method, steps, cfg.val_questions,
+                                                       learning_rate=method_settings(cfg, "aft_bc")["learning_rate"])
             path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
