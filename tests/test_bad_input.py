@@ -92,7 +92,7 @@ INVALID = {
 # that none is missing), extra invalid values, and extra flags that make the field matter.
 NUMERIC = {
     "train_sft": {
-        "n_train": "pos_int", "data_seed": "any",
+        "n_train": "pos_int", "n_test": "pos_int", "data_seed": "any",
         "min_chain_steps": "pos_int", "max_chain_steps": "pos_int",
         "max_factor": ("pos_int", "1"),              # synth needs a factor of at least 2
         "max_number": ("pos_int", "4"),              # synth needs amounts up to at least 5
@@ -128,8 +128,10 @@ NUMERIC = {
     },
     "reproduce": {
         "vft_steps": "pos_int", "block_size": "pos_int", "n_questions": "pos_int", "k": "pos_int", "temperature": "nonneg_float",
-        "align_steps": "pos_int", "batch_size": "pos_int", "learning_rate": "nonneg_float", "beta": "pos_float",
-        "beta_dpo": "pos_float", "test_questions": "nonneg_int", "k_questions": "nonneg_int",
+        "align_steps": "nonneg_int", "batch_size": "pos_int", "learning_rate": "nonneg_float",  # 0: the tuned value
+        "beta": "nonneg_float", "beta_dpo": "pos_float", "test_questions": "nonneg_int", "k_questions": "nonneg_int",
+        "max_factor": ("pos_int", "1"), "max_number": ("pos_int", "1"), "n_test": "pos_int", "n_layer": "pos_int",
+        "max_new_tokens": "pos_int", "val_questions": "pos_int",
     },
     "hf": {"max_shard_size": "nonneg_int"},
     "tokenizer": {"vocab_size": ("pos_int", "100"),  # below the 256 byte tokens every rank file starts with

@@ -137,7 +137,7 @@ def test_bootstrap_is_deterministic_under_its_seed():
 
 def test_quick_replaces_its_settings_and_keeps_its_own_out_dir():
     cfg = reproduce.resolved(reproduce.Config(quick=True, seeds="7"))
-    assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == (reproduce.QUICK["seeds"], "headline", 0,
+    assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == (reproduce.QUICK["seeds"], "headline", 300,
                                                                        "out/reproduce_quick")
     assert reproduce.check_config(cfg)[0] == ["vft", "vft_more", "rft", "aft_bc"]
     assert reproduce.check_config(reproduce.Config(methods="all"))[0] == list(reproduce.METHODS)
