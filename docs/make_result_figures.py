@@ -281,8 +281,13 @@ def tuning_figure(tuning, path):
     if not methods:
         return None
     vft = next((r["t_acc"] for r in rows if r["method"] == "vft"), None)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods) + 0.5, 4), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    columns = min(5, len(methods))  # rows of five panels: ten methods stay readable
+    n_rows = math.ceil(len(methods) / columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(3.6 * columns + 0.5, 3.6 * n_rows), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
         mine = [r for r in rows if r["method"] == method]
         settings = sorted({(r["learning_rate"], r["knob"], r["value"]) for r in mine},
                           key=lambda s: (s[0], s[2] if s[2] is not None else 0))
@@ -299,8 +304,9 @@ def tuning_figure(tuning, path):
         ax.set_title(method)
         ax.set_xlabel("alignment steps")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("validation accuracy (greedy)")
+        ax.legend(fontsize=6)
+    for row in axes:
+        row[0].set_ylabel("validation accuracy (greedy)")
     key = tuning.get("key", {})
     fig.suptitle(f"Tuning grid on the validation split ({key.get('val_questions', '?')} questions, seed "
                  f"{key.get('seed', '?')}); the star is the chosen setting", fontsize=11)
