@@ -294,24 +294,25 @@ def evaluate_steps(cfg, method, seed, vft_dir, cand_path, run_dir, steps, n_ques
                             save_every=steps[-1], test_questions=0, **changes)
         done = has_checkpoint(run_dir) and step > steps[0]
         history = train_align.train(replace(acfg, resume=done, overwrite=not done))
-        device = pick_device("auto")
-        model, enc = load_model_and_tokenizer(find_checkpoint(run_dir), device)
-        with compute.autocast(device, acfg.dtype):
-            metrics = evaluate_model(model.eval(), enc, examples, val_config(cfg, n_questions))
-        metrics.pop("correct")
+        metrics = val_metrics(cfg, run_dir, examples)
         records.append({"step": step, **metrics, "train": history["train"][-1] if history["train"] else {}})
         compute.log(f"  {run_dir.name} step {step}: val accuracy {metrics['t_acc']:.3f}, gold PPL "
                     f"{metrics['gold_ppl']:.4f}, degeneration {metrics['degeneration']:.3f}")
     return records
 
 
-def vft_val_record(cfg, vft_dir, n_questions):
+def val_metrics(cfg, run_dir, examples):
+    """Greedy accuracy, gold PPL and degeneration of run_dir's model on validation examples (no sampling)."""
     device = pick_device("auto")
-    model, enc = load_model_and_tokenizer(find_checkpoint(vft_dir), device)
-    examples = run_task(find_checkpoint(vft_dir))["val"][:n_questions]
-    metrics = evaluate_model(model.eval(), enc, examples, val_config(cfg, n_questions))
+    model, enc = load_model_and_tokenizer(find_checkpoint(run_dir), device)
+    with compute.autocast(device, train_align.Config.dtype):
+        metrics = evaluate_model(model.eval(), enc, examples, val_config(cfg, len(examples)))
     metrics.pop("correct")
-    return {"step": 0, **metrics}
+    return metrics
+
+
+def vft_val_record(cfg, vft_dir, n_questions):
+    return {"step": 0, **val_metrics(cfg, vft_dir, run_task(find_checkpoint(vft_dir))["val"][:n_questions])}
 
 
 def tune(cfg, seeds):
@@ -492,13 +493,14 @@ def flipped(cfg, root, method, n_groups=100, shown=3):
                      for d in (vft_dir, run_dir))
     s0, correct, gold, valid = before
     s1 = after[0]
-    lines, pairs, flips = [], 0, 0
+    lines, pairs, flips, reversed_back = [], 0, 0, 0
     for b, group in enumerate(groups):
         for p in range(len(group["candidates"])):
             for n in range(len(group["candidates"])):
                 if not (valid[b, p] and valid[b, n] and correct[b, p] and not correct[b, n] and not gold[b, p]):
                     continue
                 pairs += 1
+                reversed_back += bool(s0[b, p] > s0[b, n] and s1[b, p] < s1[b, n])
                 if s0[b, p] < s0[b, n] and s1[b, p] > s1[b, n]:
                     flips += 1
                     if flips <= shown:
@@ -507,9 +509,6 @@ def flipped(cfg, root, method, n_groups=100, shown=3):
                                   f"Right chain, s = {s0[b, p]:.4f} -> {s1[b, p]:.4f}:", "```", c[p]["text"].strip(),
                                   "```", f"Wrong chain, s = {s0[b, n]:.4f} -> {s1[b, n]:.4f}:", "```",
                                   c[n]["text"].strip(), "```", ""]
-    reversed_back = sum(1 for b in range(len(groups)) for p in range(valid.shape[1]) for n in range(valid.shape[1])
-                        if valid[b, p] and valid[b, n] and correct[b, p] and not correct[b, n] and not gold[b, p]
-                        and s0[b, p] > s0[b, n] and s1[b, p] < s1[b, n])
     head = (f"Of {pairs} (right, wrong) pairs of sampled chains in {len(groups)} training groups (seed "
             f"{root.name[4:]}), {method} put {flips} the right way round that VFT had the wrong way, and "
             f"{reversed_back} the other way. The first {min(shown, flips)}:")
