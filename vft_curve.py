@@ -6,7 +6,8 @@ a plateau is a gain under --plateau_points accuracy points per doubling.
 
     python vft_curve.py --steps=100,200,400,800,1600,3200 --out_dir=out/vft_curve
     python vft_curve.py --separate=True ...     # each length its own run, with its own learning-rate schedule
-    python vft_curve.py --max_factor=6 --max_number=20 --block_size=256   # reproduce.py's task
+    python vft_curve.py --max_factor=6 --max_number=20 --block_size=256 --n_layer=2 --n_test=5000  # reproduce's
+    python vft_curve.py --separate=True --steps=8000 --compare=out/reproduce/seed0/vft,...  # against its models
     records = run(Config(steps="100,200"), base=train_sft.Config(n_layer=2))   # from Python
 
 The learning-rate schedule: max_steps sets the cosine decay's length, so in the one long run the model at step
@@ -15,8 +16,9 @@ of one long run is therefore not the curve of separate runs of each length (thos
 --separate=True trains every length as its own run, which costs the sum of all lengths instead of the largest.
 The long run reaches each step with --stop_after and continues with --resume, which is bitwise exact.
 
-Writes out_dir/curve.json ({"settings", "records"}, one record per step; a rerun skips the steps measured with the
-same settings) and, when matplotlib is present, out_dir/vft_curve.png (accuracy and val loss against steps, log2 x).
+Writes out_dir/curve.json ({"settings", "records", "compared"}: a record per step and per --compare run; a rerun
+skips the steps measured with the same settings) and, when matplotlib is present, out_dir/vft_curve.png (accuracy
+and val loss against steps, log2 x).
 """
 
 import json
@@ -31,7 +33,7 @@ import compute
 import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_model_and_tokenizer
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
-from data.dataset import task_from_config
+from data.dataset import run_config, task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob
 from sequences import encode_pair, fits, score_pairs
@@ -50,6 +52,9 @@ class Config:
     max_factor: int = bounded(12, min=2)  # synth difficulty (train_sft's flag): reproduce.py's task uses 6
     max_number: int = bounded(40, min=2)  # synth difficulty (train_sft's flag): reproduce.py's task uses 20
     block_size: int = bounded(384, min=8)  # the fresh model's context (reproduce.py's: 256)
+    n_layer: int = bounded(4, min=1)  # the fresh model's blocks (reproduce.py's: 2)
+    n_test: int = bounded(1000, min=1)  # test questions the task draws before val (reproduce.py's: 5000; it moves val)
+    compare: str = ""               # finished VFT runs (comma-separated dirs) measured on the same validation questions
 
 
 def parse_steps(text):
@@ -172,7 +177,9 @@ def run(cfg, base=None):
     validate(cfg)
     steps = parse_steps(cfg.steps)
     out = check_output(cfg.out_dir, "out_dir")
-    base = base or train_sft.Config(max_factor=cfg.max_factor, max_number=cfg.max_number, block_size=cfg.block_size)
+    base = base or train_sft.Config(max_factor=cfg.max_factor, max_number=cfg.max_number, block_size=cfg.block_size,
+                                    n_layer=cfg.n_layer, n_test=cfg.n_test)
+    compare = [Path(d) for d in cfg.compare.split(",") if d.strip()]
     base = replace(base, seed=cfg.seed, device=cfg.device, test_questions=0, eval_every=0)
     # settings that change what a record means; a rerun with other ones must not mix with these
     # the long run's schedule depends on its last step; separate runs each end at their own
@@ -180,9 +187,14 @@ def run(cfg, base=None):
                 "val_examples": cfg.val_examples, "last_step": None if cfg.separate else steps[-1]}
     settings = {k: v for k, v in settings.items() if k not in ("out_dir", "resume", "overwrite", "stop_after",
                                                                  "save_every", "log_every", "device", "max_steps")}
-    n_val = len(task_from_config(config_to_dict(base))["val"])  # refused now, not after the first training
-    if cfg.val_questions > n_val:
-        raise UserError(f"--val_questions={cfg.val_questions}: the task's validation split has only {n_val}")
+    val = task_from_config(config_to_dict(base))["val"]  # refused now, not after the first training
+    if cfg.val_questions > len(val):
+        raise UserError(f"--val_questions={cfg.val_questions}: the task's validation split has only {len(val)}")
+    for run_dir in compare:  # the same validation questions only if a run's task is this one's: checked
+        if not has_checkpoint(run_dir):
+            raise UserError(f"--compare: {run_dir} holds no finished run (no checkpoint)")
+        if task_from_config(run_config(find_checkpoint(run_dir)))["val"] != val:
+            raise UserError(f"--compare: {run_dir} was trained on another task (its validation split differs)")
     out.mkdir(parents=True, exist_ok=True)
     curve_path = out / "curve.json"
     records = load_curve(curve_path, settings)
@@ -212,6 +224,14 @@ def run(cfg, base=None):
                                          indent=1) + "\n")
     records = sorted(records, key=lambda r: r["step"])
     print(format_table(records, cfg.plateau_points))
+    compared = {}
+    for run_dir in compare:
+        compared[str(run_dir)] = measure(run_dir, cfg.val_questions, cfg.val_examples, device)
+        print(f"=== vft_curve: {run_dir} (step {compared[str(run_dir)]['step']}): val accuracy "
+              f"{compared[str(run_dir)]['accuracy']:.3f}, val loss {compared[str(run_dir)]['val_loss']:.4f}")
+    if compared:
+        curve_path.write_text(json.dumps({"settings": settings, "records": records, "compared": compared},
+                                         indent=1) + "\n")
     figure = plot(records, out / "vft_curve.png")
     print(f"vft_curve: -> {curve_path}" + (f", {figure}" if figure else " (no matplotlib: no figure)"))
     return records

@@ -75,3 +75,15 @@ def test_separate_runs_each_length_on_its_own_schedule(tmp_path):
                            separate=True)
     vft_curve.run(cfg, base=base)
     assert {p.name for p in (tmp_path / "curve").iterdir()} >= {"run_2", "run_4", "curve.json"}
+    curve = json.loads((tmp_path / "curve" / "curve.json").read_text())["records"]
+
+    # --compare measures finished runs on the same validation questions: run_4 again gives its own record
+    compared = vft_curve.run(vft_curve.replace(cfg, compare=str(tmp_path / "curve" / "run_4")), base=base)
+    saved = json.loads((tmp_path / "curve" / "curve.json").read_text())
+    assert compared == curve and saved["compared"][str(tmp_path / "curve" / "run_4")] == curve[-1]
+    with pytest.raises(UserError, match="--compare: .* holds no finished run"):
+        vft_curve.run(vft_curve.replace(cfg, compare=str(tmp_path / "nowhere")), base=base)
+    with pytest.raises(UserError, match="another task"):  # another task: its validation questions differ
+        other = vft_curve.replace(cfg, out_dir=str(tmp_path / "other"), compare=str(tmp_path / "curve" / "run_4"))
+        vft_curve.run(other, base=vft_curve.replace(base, max_number=12))
+    assert not (tmp_path / "other" / "run_2").exists()  # refused before any training
