@@ -139,6 +139,7 @@ def test_quick_replaces_its_settings_and_keeps_its_own_out_dir():
     cfg = reproduce.resolved(reproduce.Config(quick=True, seeds="7"))
     assert (cfg.seeds, cfg.methods, cfg.k_questions, cfg.out_dir) == (reproduce.QUICK["seeds"], "headline", 300,
                                                                        "out/reproduce_quick")
+    assert cfg.vft_steps < reproduce.Config.vft_steps  # the classroom's VFT is the short one
     assert reproduce.check_config(cfg)[0] == ["vft", "vft_more", "rft", "aft_bc"]
     assert reproduce.check_config(reproduce.Config(methods="all"))[0] == list(reproduce.METHODS)
 
@@ -171,10 +172,11 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
 
 
 def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
-    """The grid's runs are evaluated on the validation split at each of its steps, and the best one is chosen."""
+    """The grid's runs are evaluated on the validation split at each of its steps, and the best one is chosen; only
+    the methods of --methods are tuned (aft_dc is not in the default headline group)."""
     monkeypatch.setattr(reproduce, "GRID_LR", (1e-4,))
     monkeypatch.setattr(reproduce, "GRID_STEPS", (1, 2))
-    monkeypatch.setattr(reproduce, "KNOBS", {"aft_bc": ("beta", (0.05, 0.2)), "rft": None})
+    monkeypatch.setattr(reproduce, "KNOBS", {"aft_bc": ("beta", (0.05, 0.2)), "rft": None, "aft_dc": None})
     cfg = reproduce.Config(seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2, batch_size=2,
                            n_test=20, val_questions=3, tune=True)
     best = reproduce.run(cfg)
@@ -184,7 +186,7 @@ def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
         ("rft", None, 1), ("rft", None, 2)]
     top = max((r for r in rows if r["method"] == "rft"), key=lambda r: (r["t_acc"], -r["step"]))
     assert best["rft"] == {"learning_rate": 1e-4, "max_steps": top["step"]}
-    assert set(best["aft_bc"]) == {"learning_rate", "max_steps", "beta"}
+    assert set(best["aft_bc"]) == {"learning_rate", "max_steps", "beta"} and "aft_dc" not in best
     result = reproduce.run(reproduce.replace(cfg, tune=False, curves="aft_none", curve_steps="1,2"))
     assert [r["step"] for r in result["methods"]["aft_none"]] == [1, 2]
     assert {"t_acc", "gold_ppl", "degeneration"} <= set(result["methods"]["vft"][0])
