@@ -33,7 +33,7 @@ import compute
 import train_sft
 from checkpoint import find_checkpoint, has_checkpoint, load_model_and_tokenizer
 from configurator import UserError, bounded, check_output, config_to_dict, main, validate
-from data.dataset import run_config, task_from_config
+from data.dataset import run_task, task_from_config
 from evaluate import greedy_accuracy
 from losses import mean_logprob
 from sequences import encode_pair, fits, score_pairs
@@ -179,7 +179,6 @@ def run(cfg, base=None):
     out = check_output(cfg.out_dir, "out_dir")
     base = base or train_sft.Config(max_factor=cfg.max_factor, max_number=cfg.max_number, block_size=cfg.block_size,
                                     n_layer=cfg.n_layer, n_test=cfg.n_test)
-    compare = [Path(d) for d in cfg.compare.split(",") if d.strip()]
     base = replace(base, seed=cfg.seed, device=cfg.device, test_questions=0, eval_every=0)
     # settings that change what a record means; a rerun with other ones must not mix with these
     # the long run's schedule depends on its last step; separate runs each end at their own
@@ -190,10 +189,11 @@ def run(cfg, base=None):
     val = task_from_config(config_to_dict(base))["val"]  # refused now, not after the first training
     if cfg.val_questions > len(val):
         raise UserError(f"--val_questions={cfg.val_questions}: the task's validation split has only {len(val)}")
+    compare = [Path(d) for d in cfg.compare.split(",") if d.strip()]
     for run_dir in compare:  # the same validation questions only if a run's task is this one's: checked
         if not has_checkpoint(run_dir):
             raise UserError(f"--compare: {run_dir} holds no finished run (no checkpoint)")
-        if task_from_config(run_config(find_checkpoint(run_dir)))["val"] != val:
+        if run_task(find_checkpoint(run_dir))["val"] != val:
             raise UserError(f"--compare: {run_dir} was trained on another task (its validation split differs)")
     out.mkdir(parents=True, exist_ok=True)
     curve_path = out / "curve.json"
@@ -226,9 +226,9 @@ def run(cfg, base=None):
     print(format_table(records, cfg.plateau_points))
     compared = {}
     for run_dir in compare:
-        compared[str(run_dir)] = measure(run_dir, cfg.val_questions, cfg.val_examples, device)
-        print(f"=== vft_curve: {run_dir} (step {compared[str(run_dir)]['step']}): val accuracy "
-              f"{compared[str(run_dir)]['accuracy']:.3f}, val loss {compared[str(run_dir)]['val_loss']:.4f}")
+        record = compared[str(run_dir)] = measure(run_dir, cfg.val_questions, cfg.val_examples, device)
+        print(f"=== vft_curve: {run_dir} (step {record['step']}): val accuracy {record['accuracy']:.3f}, "
+              f"val loss {record['val_loss']:.4f}")
     if compared:
         curve_path.write_text(json.dumps({"settings": settings, "records": records, "compared": compared},
                                          indent=1) + "\n")

@@ -707,6 +707,7 @@ def later_cases():
     add("vft_curve-steps_beyond_64_bits", "vft_curve", {"steps": "1,2," + "9" * 30}, ["--steps"])
     add("vft_curve-device=bogus", "vft_curve", {"device": "bogus"}, ["--device"])
     add("vft_curve-val_questions_above_the_split", "vft_curve", {"val_questions": "100000"}, ["--val_questions"])
+    add("vft_curve-compare_without_a_run", "vft_curve", {"compare": "{tmp}/nowhere"}, ["--compare"])
     add("vft_curve-curve.json_not_json", "vft_curve", {}, ["curve.json"],
         setup=lambda ctx: write(ctx["tmp"] / "curve" / "curve.json", "{not json"))
     # the command line
