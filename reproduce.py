@@ -9,6 +9,7 @@ questions to see a 2-point difference; then the mean +- std table and paired boo
     python reproduce.py --methods=c5,c4           # the baselines (same VFT models and candidates, cached)
     python reproduce.py --curves=c4               # C4: long runs evaluated along the way (val split)
     python reproduce.py --report                  # results.md again from results.json; nothing is trained
+    python reproduce.py --workers=1               # one run after another, in this process, output on screen
 
 Methods (train_align.py settings):
     vft         the VFT model itself
@@ -32,8 +33,10 @@ the training log) and <out_dir>/results.md; a rerun skips what is done. A differ
 """
 
 import json
+import multiprocessing
 import statistics
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,7 +82,8 @@ REFERENCES = ("vft", "rft", "vft_more")  # every method's T-Acc is compared with
 GRID_LR, GRID_STEPS = (1e-5, 3e-5, 1e-4), (50, 100, 200, 400)  # 3e-4 lost for every method (docs/results.md)
 KNOBS = {"vft_more": None, "rft": None, "aft_none": None, "aft_dc": None, "aft_bc": ("beta", (0.05, 0.2)),
          "align_only": None, "aft_rank": None, "rrhf": None, "pro": None, "dpo": ("beta_dpo", (0.1, 0.5))}
-# vft_more, rft and aft_bc were tuned with the 4,000-step VFT model, the others with the earlier 2,000-step one
+# the headline methods and C5's were tuned with 4,000-step VFT models (--tune --methods=headline, --methods=c5), the
+# others (aft_none, aft_dc, align_only, dpo) with the earlier 2,000-step one
 TUNED = {  # method -> the chosen settings (docs/results.md, "Fair tuning"); an untuned method takes aft_bc's
     "vft_more": {"learning_rate": 3e-5, "max_steps": 100},
     "rft": {"learning_rate": 1e-5, "max_steps": 100},
@@ -87,9 +91,9 @@ TUNED = {  # method -> the chosen settings (docs/results.md, "Fair tuning"); an 
     "aft_dc": {"learning_rate": 3e-5, "max_steps": 200},
     "aft_bc": {"learning_rate": 1e-4, "max_steps": 100, "beta": 0.2},
     "align_only": {"learning_rate": 3e-5, "max_steps": 100},
-    "aft_rank": {"learning_rate": 3e-5, "max_steps": 100},
-    "rrhf": {"learning_rate": 3e-5, "max_steps": 100},
-    "pro": {"learning_rate": 1e-5, "max_steps": 200},
+    "aft_rank": {"learning_rate": 1e-5, "max_steps": 100},
+    "rrhf": {"learning_rate": 1e-5, "max_steps": 100},
+    "pro": {"learning_rate": 1e-5, "max_steps": 100},
     "dpo": {"learning_rate": 1e-5, "max_steps": 200, "beta_dpo": 0.5},
 }
 # the classroom version: the headline comparison on one seed (its interval is over questions only), fewer questions,
@@ -133,6 +137,9 @@ class Config:
     k_questions: int = bounded(1000, min=0)  # questions for maj@8, rerank@8 and test A-Acc; groups for train A-Acc
     val_questions: int = bounded(500, min=1)  # validation questions of --tune and --curves
     curve_steps: str = "50,100,200,400,800"  # steps at which --curves evaluates
+    workers: int = bounded(2, min=1)  # processes running the seeds' jobs side by side, sharing the CPU threads
+    # out, each job's output in its log file (1: one after another in this process, output on screen; --tune and
+    # --curves always run so). Two fit the 90-minute budget on 2 cores where one does not (docs/results.md)
 
 
 def resolved(cfg):
@@ -554,6 +561,70 @@ def write_report(cfg, records, methods, seeds):
     return report
 
 
+def method_record(cfg, seed, method, settings):
+    """One method's run on one seed's VFT model (built first when missing), as a results.json record."""
+    root = Path(cfg.out_dir) / f"seed{seed}"
+    vft_dir, cand_path, seconds = seed_prerequisites(cfg, seed, root)
+    t0 = time.time()
+    metrics, log = run_method(cfg, method, seed, vft_dir, cand_path, root)
+    metrics = dict(metrics)
+    correct = metrics.pop("correct")
+    return {"seed": seed, "method": method, "settings": settings, "method_settings": recorded_settings(cfg, method),
+            "metrics": metrics, "correct": correct, "train": log, "seconds": round(time.time() - t0, 1),
+            **({"prerequisite_seconds": seconds} if seconds else {})}
+
+
+def in_order(cfg, jobs, settings, t_start):
+    """The records of jobs ({seed: methods}), one run after another in this process, its output shown."""
+    for seed, methods in jobs.items():
+        for method in methods:
+            print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(time.time() - t_start)})", flush=True)
+            yield method_record(cfg, seed, method, settings)
+
+
+def worker_job(cfg, seed, method, settings, log_path):
+    """A worker process's job, its output written to log_path: one seed's VFT model and candidates (method None;
+    returns their seconds) or one method's run (returns its record)."""
+    with open(log_path, "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        if method is None:
+            return seed_prerequisites(cfg, seed, Path(cfg.out_dir) / f"seed{seed}")[2]
+        return method_record(cfg, seed, method, settings)
+
+
+def in_workers(cfg, jobs, settings, t_start):
+    """The records of jobs ({seed: methods}) from cfg.workers processes side by side. Every seed's VFT model is
+    queued first; a seed's methods are queued when its model and candidates are done. Each process gets an equal
+    share of this one's CPU threads: on 2 cores, two one-thread processes do more work than one with two threads,
+    because a small model's operations are too small to keep two threads busy (docs/results.md, "Budgets")."""
+    threads = max(1, torch.get_num_threads() // cfg.workers)
+    total = len(jobs) + sum(map(len, jobs.values()))
+    print(f"=== reproduce: {total} jobs on {cfg.workers} worker processes, {threads} thread(s) each; each job's "
+          f"output goes to {cfg.out_dir}/seed<N>/<job>.log", flush=True)
+    pool = multiprocessing.get_context("spawn").Pool(cfg.workers, torch.set_num_threads, (threads,))  # fresh ones
+    submit = lambda seed, method: pool.apply_async(worker_job, (cfg, seed, method, settings, Path(  # noqa: E731
+        cfg.out_dir) / f"seed{seed}" / f"{method or 'prerequisites'}.log"))
+    try:
+        for seed in jobs:
+            (Path(cfg.out_dir) / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+        pending, seconds, finished = {submit(seed, None): (seed, None) for seed in jobs}, {}, 0
+        while pending:
+            time.sleep(0.5)
+            for job in [job for job in pending if job.ready()]:
+                seed, method = pending.pop(job)
+                result = job.get()  # a job's error is raised here; `finally` stops the other jobs
+                finished += 1
+                print(f"=== reproduce: seed {seed}, {method or 'VFT model and candidates'} done ({finished}/{total} "
+                      f"jobs, elapsed {format_seconds(time.time() - t_start)})", flush=True)
+                if method is None:
+                    seconds[seed] = result
+                    pending.update({submit(seed, m): (seed, m) for m in jobs[seed]})
+                else:
+                    yield {**result, **({"prerequisite_seconds": seconds.pop(seed)} if seconds.get(seed) else {})}
+    finally:
+        pool.terminate()  # nothing is lost: records are written as they come, checkpoints atomically
+        pool.join()
+
+
 def run(cfg):
     cfg = resolved(cfg)
     methods, seeds = check_config(cfg)  # every setting, before anything is trained or written
@@ -564,28 +635,20 @@ def run(cfg):
         return curves(cfg, seeds)
     results_path = out / "results.json"
     records = load_results(results_path)
-    settings = {k: v for k, v in config_to_dict(cfg).items()
-                if k not in ("methods", "seeds", "quick", "tune", "curves", "report", "curve_steps", "val_questions")}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in (
+        "methods", "seeds", "quick", "tune", "curves", "report", "curve_steps", "val_questions", "workers")}
     t_start = time.time()
+    jobs = {}  # seed -> its methods not yet in results.json with these settings
     for seed in seeds if not cfg.report else []:
-        root = out / f"seed{seed}"
         todo = [m for m in methods if not any((r["seed"], r["method"], r["settings"], r.get("method_settings")) ==
                                               (seed, m, settings, recorded_settings(cfg, m)) for r in records)]
-        if not todo:
-            continue
+        if todo:
+            jobs[seed] = todo
+    if jobs:
         out.mkdir(parents=True, exist_ok=True)
-        vft_dir, cand_path, seconds = seed_prerequisites(cfg, seed, root)
-        for method in todo:
-            t0 = time.time()
-            print(f"=== reproduce: seed {seed}, {method} (elapsed {format_seconds(t0 - t_start)})", flush=True)
-            metrics, log = run_method(cfg, method, seed, vft_dir, cand_path, root)
-            metrics = dict(metrics)
-            correct = metrics.pop("correct")
-            records.append({"seed": seed, "method": method, "settings": settings,
-                            "method_settings": recorded_settings(cfg, method), "metrics": metrics, "correct": correct,
-                            "train": log, "seconds": round(time.time() - t0, 1),
-                            **({"prerequisite_seconds": seconds} if method == todo[0] else {})})
-            write_results(results_path, records)
+        for record in (in_workers if cfg.workers > 1 else in_order)(cfg, jobs, settings, t_start):
+            records.append(record)
+            write_results(results_path, records)  # after every run: an interrupted experiment keeps what is done
     done = [r for r in records if r["method"] in methods and r["settings"] == settings
             and r.get("method_settings") == recorded_settings(cfg, r["method"])]  # an earlier tuning's are left out
     if not done:

@@ -70,7 +70,8 @@ BASE = {
                "device": "cpu"},
     # slow if NOT refused: reproduce builds a VFT run of the default model size first (the timer stops it)
     "reproduce": {"out_dir": "{tmp}/rep", "seeds": "0", "methods": "vft", "vft_steps": "2", "n_questions": "2",
-                  "k": "2", "align_steps": "1", "batch_size": "2", "test_questions": "1", "k_questions": "1"},
+                  "k": "2", "align_steps": "1", "batch_size": "2", "test_questions": "1", "k_questions": "1",
+                  "workers": "1"},
     "hf": {"ckpt": "{run}", "out": "{tmp}/hf_out"},
     "tokenizer": {"input": "{tmp}/text.txt", "vocab_size": "270", "out": "{tmp}/tok.tiktoken", "verbose": "0"},
 }
@@ -131,7 +132,7 @@ NUMERIC = {
         "align_steps": "nonneg_int", "batch_size": "pos_int", "learning_rate": "nonneg_float",  # 0: the tuned value
         "beta": "nonneg_float", "beta_dpo": "pos_float", "test_questions": "nonneg_int", "k_questions": "nonneg_int",
         "max_factor": ("pos_int", "1"), "max_number": ("pos_int", "1"), "n_test": "pos_int", "n_layer": "pos_int",
-        "max_new_tokens": "pos_int", "val_questions": "pos_int",
+        "max_new_tokens": "pos_int", "val_questions": "pos_int", "workers": "pos_int",
     },
     "hf": {"max_shard_size": "nonneg_int"},
     "tokenizer": {"vocab_size": ("pos_int", "100"),  # below the 256 byte tokens every rank file starts with

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import bench_mfu, bench_sampling, bench_train, peak_memory
+from benchmarks import bench_mfu, bench_sampling, bench_train, bench_workers, peak_memory
 from configurator import UserError
 from model import GPT, ModelConfig
 from test_train_sft import tiny_config
@@ -35,6 +35,17 @@ def test_train_benchmark_compares_identical_models():
     assert abs(result["loss_ours"] - math.log(64)) < 0.2  # small random weights: near the uniform loss
     assert result["ours"] > 0 and result["transformers"] > 0
     assert result["ratio"] == pytest.approx(result["ours"] / result["transformers"])
+
+
+def test_workers_benchmark_times_the_same_work_both_ways():
+    cfg = bench_workers.Config(n_layer=1, n_embd=16, vocab_size=32, batch_size=2, seq_len=9, steps=2, prompts=3,
+                               prompt_len=4, new_tokens=5, repeats=1)
+    result = bench_workers.run(cfg)
+    assert result["train"]["tokens"] == (2 * 2 * 2 * 8,) * 2  # 2 jobs x 2 steps x 2 rows x 8 predicted tokens
+    assert result["decode"]["tokens"] == (2 * 3 * 5,) * 2  # 2 jobs x 3 prompts x 5 tokens: no row ends early
+    for kind in ("train", "decode"):
+        r = result[kind]
+        assert r["one"] > 0 and r["two"] > 0 and r["ratio"] == pytest.approx(r["one"] / r["two"])
 
 
 def test_sampling_benchmark_generates_exactly_the_requested_tokens():

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import reproduce
 from configurator import UserError
@@ -152,7 +153,7 @@ def test_a_results_file_that_is_not_ours_is_named(tmp_path):
 
 def test_miniature_run_is_resumable(tmp_path, capsys):
     cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
-                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20)
+                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20, workers=1)
     table = reproduce.run(cfg)
     assert set(table) == {"vft", "aft_bc"}
     records = json.loads((tmp_path / "results.json").read_text())
@@ -169,6 +170,42 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
     assert "=== reproduce" not in capsys.readouterr().out
     reproduce.run(reproduce.replace(cfg, report=True))
     assert (tmp_path / "results.md").read_text() == report
+
+
+def test_workers_give_the_records_one_process_gives(tmp_path):
+    """--workers=2 runs the same jobs in two one-thread processes: the same records as one one-thread process, bit
+    for bit, each job's output in its log file, the prerequisites' seconds kept once per seed."""
+    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0,1", out_dir=str(tmp_path / "one"), vft_steps=3,
+                           n_questions=4, k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20,
+                           workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reproduce.run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    reproduce.run(reproduce.replace(cfg, out_dir=str(tmp_path / "two"), workers=2))
+    one, two = ({(r["seed"], r["method"]): r for r in json.loads((tmp_path / d / "results.json").read_text())}
+                for d in ("one", "two"))
+    assert set(one) == set(two) == {(s, m) for s in (0, 1) for m in ("vft", "aft_bc")}
+    for key in one:
+        assert (two[key]["metrics"], two[key]["correct"], two[key]["train"]) == (
+            one[key]["metrics"], one[key]["correct"], one[key]["train"])
+    assert sum("prerequisite_seconds" in r for r in two.values()) == 2
+    log = (tmp_path / "two" / "seed1" / "aft_bc.log").read_text()
+    assert "align: loss=aft constraint=bc" in log
+    assert "step     3/3" in (tmp_path / "two" / "seed0" / "prerequisites.log").read_text()
+
+
+def test_a_workers_error_stops_the_run_and_keeps_what_is_done(tmp_path):
+    cfg = reproduce.Config(methods="vft", seeds="0,1", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2,
+                           test_questions=3, k_questions=2, n_test=20, workers=2)
+    (tmp_path / "seed1" / "vft").mkdir(parents=True)
+    (tmp_path / "seed1" / "vft" / "candidates.jsonl").write_text("not candidates\n")  # seed 1's model is trained,
+    with pytest.raises(UserError, match="candidates.jsonl"):  # then its candidate file is read and refused
+        reproduce.run(cfg)
+    saved = tmp_path / "results.json"  # seed 0's record, when its job ended first
+    assert [r["seed"] for r in (json.loads(saved.read_text()) if saved.is_file() else [])] in ([], [0])
 
 
 def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
@@ -200,7 +237,7 @@ def test_an_aqua_row(tmp_path):
     write_slice(tmp_path / "aqua")
     cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path / "rep"), dataset="aqua",
                            data_dir=str(tmp_path / "aqua"), block_size=768, vft_steps=2, n_questions=3, k=2,
-                           align_steps=1, batch_size=1, test_questions=2, k_questions=2)
+                           align_steps=1, batch_size=1, test_questions=2, k_questions=2, workers=1)
     table = reproduce.run(cfg)
     assert set(table) == {"vft", "aft_bc"}
     vft_config = json.loads((tmp_path / "rep" / "seed0" / "vft" / "checkpoint" / "trainer.json").read_text())["config"]
