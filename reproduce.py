@@ -4,9 +4,9 @@ candidate groups, then each method from that same VFT model with its tuned setti
 questions to see a 2-point difference; then the mean +- std table and paired bootstrap intervals.
 
     python reproduce.py --tune                    # first: the tuning grid, on the VALIDATION split, seed 0
-    python reproduce.py                           # headline + ablations + aft_none, seeds 0-4, test split
+    python reproduce.py                           # the headline methods (GROUPS), seeds 0-4, test split
     python reproduce.py --quick                   # the classroom version (settings in QUICK)
-    python reproduce.py --methods=c5,c4           # the baselines (same VFT models and candidates, cached)
+    python reproduce.py --methods=c5,ablations    # more methods on the same VFT models and candidates (cached)
     python reproduce.py --curves=c4               # C4: long runs evaluated along the way (val split)
     python reproduce.py --report                  # results.md again from results.json; nothing is trained
     python reproduce.py --workers=1               # one run after another, in this process, output on screen
@@ -22,8 +22,8 @@ Methods (train_align.py settings):
     rrhf, rrhf_bc, pro, pro_bc, dpo, dpo_bc   baselines without / with the boundary constraint
 
 The task is the built-in one with smaller numbers than train_sft.py's default (factors up to 6, amounts up to
-20): the same templates and chains, but VFT converges in about a thousand steps on 2 cores, where the default
-task still gains 35 points between 1,600 and 3,200 steps (docs/results.md). Alignment runs use a constant
+20): the same templates and chains, but a 2-layer model's VFT levels off by 4,000 steps (vft_steps), where the
+default task still gains 35 points between 1,600 and 3,200 steps (docs/results.md). Alignment runs use a constant
 learning rate after warm-up, so the model at step 100 of a 200-step run is the 100-step model: the tuning grid's
 step counts cost one run per learning rate.
 
@@ -582,10 +582,12 @@ def in_order(cfg, jobs, settings, t_start):
             yield method_record(cfg, seed, method, settings)
 
 
-def worker_job(cfg, seed, method, settings, log_path):
-    """A worker process's job, its output written to log_path: one seed's VFT model and candidates (method None;
-    returns their seconds) or one method's run (returns its record)."""
+def worker_job(cfg, seed, method, settings, log_path, threads):
+    """A worker process's job with `threads` torch threads, its output written to log_path: one seed's VFT model and
+    candidates (method None; returns their seconds) or one method's run (returns its record)."""
+    torch.set_num_threads(threads)
     with open(log_path, "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        print(f"reproduce: seed {seed}, {method or 'VFT model and candidates'}, {threads} thread(s)", flush=True)
         if method is None:
             return seed_prerequisites(cfg, seed, Path(cfg.out_dir) / f"seed{seed}")[2]
         return method_record(cfg, seed, method, settings)
@@ -593,20 +595,28 @@ def worker_job(cfg, seed, method, settings, log_path):
 
 def in_workers(cfg, jobs, settings, t_start):
     """The records of jobs ({seed: methods}) from cfg.workers processes side by side. Every seed's VFT model is
-    queued first; a seed's methods are queued when its model and candidates are done. Each process gets an equal
-    share of this one's CPU threads: on 2 cores, two one-thread processes do more work than one with two threads,
-    because a small model's operations are too small to keep two threads busy (docs/results.md, "Budgets")."""
-    threads = max(1, torch.get_num_threads() // cfg.workers)
+    queued first; a seed's methods are queued when its model and candidates are done. The CPU threads are shared
+    out among the jobs that can run at once: on 2 cores two one-thread jobs do more work than one two-thread job,
+    because a small model's operations are too small to keep two threads busy (docs/results.md, "Budgets"), but a
+    job that runs alone (--quick's one VFT model) gets both."""
+    threads, pending = torch.get_num_threads(), {}
     total = len(jobs) + sum(map(len, jobs.values()))
-    print(f"=== reproduce: {total} jobs on {cfg.workers} worker processes, {threads} thread(s) each; each job's "
+    print(f"=== reproduce: {total} jobs on {cfg.workers} worker processes sharing {threads} CPU thread(s); each job's "
           f"output goes to {cfg.out_dir}/seed<N>/<job>.log", flush=True)
-    pool = multiprocessing.get_context("spawn").Pool(cfg.workers, torch.set_num_threads, (threads,))  # fresh ones
-    submit = lambda seed, method: pool.apply_async(worker_job, (cfg, seed, method, settings, Path(  # noqa: E731
-        cfg.out_dir) / f"seed{seed}" / f"{method or 'prerequisites'}.log"))
+    pool = multiprocessing.get_context("spawn").Pool(cfg.workers)  # fresh interpreters, no state copied from this one
+
+    def submit(new):  # [(seed, method or None)]: queued with their share of the threads
+        share = max(1, threads // min(cfg.workers, len(pending) + len(new)))
+        for seed, method in new:
+            log_path = Path(cfg.out_dir) / f"seed{seed}" / f"{method or 'prerequisites'}.log"
+            job = pool.apply_async(worker_job, (cfg, seed, method, settings, log_path, share))
+            pending[job] = (seed, method)
+
     try:
         for seed in jobs:
             (Path(cfg.out_dir) / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-        pending, seconds, finished = {submit(seed, None): (seed, None) for seed in jobs}, {}, 0
+        submit([(seed, None) for seed in jobs])
+        seconds, finished = {}, 0
         while pending:
             time.sleep(0.5)
             for job in [job for job in pending if job.ready()]:
@@ -617,7 +627,7 @@ def in_workers(cfg, jobs, settings, t_start):
                       f"jobs, elapsed {format_seconds(time.time() - t_start)})", flush=True)
                 if method is None:
                     seconds[seed] = result
-                    pending.update({submit(seed, m): (seed, m) for m in jobs[seed]})
+                    submit([(seed, m) for m in jobs[seed]])
                 else:
                     yield {**result, **({"prerequisite_seconds": seconds.pop(seed)} if seconds.get(seed) else {})}
     finally:

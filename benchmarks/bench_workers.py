@@ -7,8 +7,8 @@ half the threads each doing one job at the same time (--workers=2).
     python benchmarks/bench_workers.py --steps=100 --repeats=3
 
 A job is either `steps` training steps of reproduce.py's VFT model (forward, backward, AdamW on batch_size x seq_len
-random tokens) or greedy decoding of `prompts` random prompts for `new_tokens` tokens each (no end-of-text, so every
-row decodes every token: a fixed amount of work), in batches of 128 rows as evaluate.py decodes. Each way is timed
+random tokens) or greedy decoding of `prompts` random prompts of different lengths for `new_tokens` tokens each (no
+end-of-text, so every row decodes every token: a fixed amount of work), in batches of 128 rows as evaluate.py does. Each way is timed
 `repeats` times, alternating, and the best is kept. Reports the wall time of each way and their ratio (one process /
 two processes: above 1 means the workers are faster).
 """
@@ -37,8 +37,9 @@ class Config:
     batch_size: int = 32            # sequences per training step (train_sft.py's)
     seq_len: int = 150              # tokens per training sequence (a typical prompt + chain of this task)
     steps: int = 40                 # training steps per job
-    prompts: int = 512              # prompts per decoding job
-    prompt_len: int = 40            # tokens per prompt
+    prompts: int = 1024             # prompts per decoding job
+    prompt_len: int = 40            # tokens of the longest prompt; the others are 0-20 shorter (left-padded, as
+    # questions of different lengths are in evaluate.py)
     new_tokens: int = 64            # tokens decoded per prompt
     repeats: int = 2                # timed runs of each way, alternating; the best is reported
 
@@ -60,7 +61,8 @@ def job(kind, cfg, threads):
             tokens += idx[:, 1:].numel()
     else:
         model.eval()
-        prompts = torch.randint(cfg.vocab_size, (cfg.prompts, cfg.prompt_len)).tolist()
+        lengths = cfg.prompt_len - torch.randint(min(21, cfg.prompt_len), (cfg.prompts,))
+        prompts = [torch.randint(cfg.vocab_size, (int(n),)).tolist() for n in lengths]
         for start in range(0, cfg.prompts, 128):
             tokens += int(generate(model, prompts[start:start + 128], cfg.new_tokens, temperature=0.0).lengths.sum())
     return time.time() - t0, tokens
