@@ -595,7 +595,8 @@ def worker_job(cfg, seed, method, settings, log_path, threads):
 
 def in_workers(cfg, jobs, settings, t_start):
     """The records of jobs ({seed: methods}) from cfg.workers processes side by side. Every seed's VFT model is
-    queued first; a seed's methods are queued when its model and candidates are done. The CPU threads are shared
+    queued first; when it is done, the seed's first method (its VFT evaluation, cached for the others), then the
+    rest, so that two jobs never evaluate the same VFT model at once. The CPU threads are shared
     out among the jobs that can run at once: on 2 cores two one-thread jobs do more work than one two-thread job,
     because a small model's operations are too small to keep two threads busy (docs/results.md, "Budgets"), but a
     job that runs alone (--quick's one VFT model) gets both."""
@@ -627,9 +628,11 @@ def in_workers(cfg, jobs, settings, t_start):
                       f"jobs, elapsed {format_seconds(time.time() - t_start)})", flush=True)
                 if method is None:
                     seconds[seed] = result
-                    submit([(seed, m) for m in jobs[seed]])
-                else:
-                    yield {**result, **({"prerequisite_seconds": seconds.pop(seed)} if seconds.get(seed) else {})}
+                    submit([(seed, jobs[seed][0])])  # alone: it evaluates the VFT model, cached for the others
+                    continue
+                if method == jobs[seed][0]:
+                    submit([(seed, m) for m in jobs[seed][1:]])
+                yield {**result, **({"prerequisite_seconds": seconds.pop(seed)} if seconds.get(seed) else {})}
     finally:
         pool.terminate()  # nothing is lost: records are written as they come, checkpoints atomically
         pool.join()

@@ -8,9 +8,9 @@ half the threads each doing one job at the same time (--workers=2).
 
 A job is either `steps` training steps of reproduce.py's VFT model (forward, backward, AdamW on batch_size x seq_len
 random tokens) or greedy decoding of `prompts` random prompts of different lengths for `new_tokens` tokens each (no
-end-of-text, so every row decodes every token: a fixed amount of work), in batches of 128 rows as evaluate.py does. Each way is timed
-`repeats` times, alternating, and the best is kept. Reports the wall time of each way and their ratio (one process /
-two processes: above 1 means the workers are faster).
+end-of-text, so every row decodes every token: a fixed amount of work), in batches of 128 rows as evaluate.py
+does. Each way is timed `repeats` times, alternating, and the best is kept. Reports the wall time of each way and
+their ratio (one process / two processes: above 1 means the workers are faster).
 """
 
 import multiprocessing

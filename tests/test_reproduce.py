@@ -182,11 +182,7 @@ def test_workers_give_the_records_one_process_gives(tmp_path):
     torch.set_num_threads(1)
     try:
         reproduce.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    torch.set_num_threads(2)  # shared out: one thread for each of the two jobs that run at once, as above
-    try:
-        reproduce.run(reproduce.replace(cfg, out_dir=str(tmp_path / "two"), workers=2))
+        reproduce.run(reproduce.replace(cfg, out_dir=str(tmp_path / "two"), workers=2))  # one thread each, as above
     finally:
         torch.set_num_threads(threads)
     one, two = ({(r["seed"], r["method"]): r for r in json.loads((tmp_path / d / "results.json").read_text())}
@@ -198,13 +194,15 @@ def test_workers_give_the_records_one_process_gives(tmp_path):
     assert sum("prerequisite_seconds" in r for r in two.values()) == 2
     log = (tmp_path / "two" / "seed1" / "aft_bc.log").read_text()
     assert "align: loss=aft constraint=bc" in log
+    assert log.count("greedy decoding: 3/3") == 1  # its own model's only: the VFT model's came from the vft job
     assert "step     3/3" in (tmp_path / "two" / "seed0" / "prerequisites.log").read_text()
 
 
 def test_workers_share_the_threads_among_the_jobs_that_run_at_once(tmp_path):
-    """One seed (--quick): its VFT model trains alone with every thread, then its two methods get one each."""
-    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2,
-                           align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20, workers=2)
+    """One seed (--quick): its VFT model trains alone with every thread, and is evaluated alone (the vft job); then
+    its two other methods run side by side with one thread each."""
+    cfg = reproduce.Config(methods="vft,rft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
+                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20, workers=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -212,9 +210,10 @@ def test_workers_share_the_threads_among_the_jobs_that_run_at_once(tmp_path):
     finally:
         torch.set_num_threads(threads)
     first = {job: (tmp_path / "seed0" / f"{job}.log").read_text().splitlines()[0]
-             for job in ("prerequisites", "vft", "aft_bc")}
+             for job in ("prerequisites", "vft", "rft", "aft_bc")}
     assert first == {"prerequisites": "reproduce: seed 0, VFT model and candidates, 2 thread(s)",
-                     "vft": "reproduce: seed 0, vft, 1 thread(s)", "aft_bc": "reproduce: seed 0, aft_bc, 1 thread(s)"}
+                     "vft": "reproduce: seed 0, vft, 2 thread(s)", "rft": "reproduce: seed 0, rft, 1 thread(s)",
+                     "aft_bc": "reproduce: seed 0, aft_bc, 1 thread(s)"}
 
 
 def test_a_workers_error_stops_the_run_and_keeps_what_is_done(tmp_path):
