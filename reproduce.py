@@ -607,6 +607,8 @@ def in_workers(cfg, jobs, settings, t_start):
     pool = multiprocessing.get_context("spawn").Pool(cfg.workers)  # fresh interpreters, no state copied from this one
 
     def submit(new):  # [(seed, method or None)]: queued with their share of the threads
+        if not new:  # a seed whose only job was its first
+            return
         share = max(1, threads // min(cfg.workers, len(pending) + len(new)))
         for seed, method in new:
             log_path = Path(cfg.out_dir) / f"seed{seed}" / f"{method or 'prerequisites'}.log"

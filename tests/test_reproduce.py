@@ -216,6 +216,14 @@ def test_workers_share_the_threads_among_the_jobs_that_run_at_once(tmp_path):
                      "aft_bc": "reproduce: seed 0, aft_bc, 1 thread(s)"}
 
 
+def test_workers_finish_a_seed_with_one_method(tmp_path):
+    """The last job of the run is a seed's only method: nothing is left to queue after it."""
+    cfg = reproduce.Config(methods="vft", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2,
+                           test_questions=3, k_questions=2, n_test=20, workers=2)
+    reproduce.run(cfg)
+    assert [(r["seed"], r["method"]) for r in json.loads((tmp_path / "results.json").read_text())] == [(0, "vft")]
+
+
 def test_a_workers_error_stops_the_run_and_keeps_what_is_done(tmp_path):
     cfg = reproduce.Config(methods="vft", seeds="0,1", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2,
                            test_questions=3, k_questions=2, n_test=20, workers=2)
