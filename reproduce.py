@@ -139,7 +139,7 @@ class Config:
     curve_steps: str = "50,100,200,400,800"  # steps at which --curves evaluates
     workers: int = bounded(2, min=1)  # processes running the seeds' jobs side by side, sharing the CPU threads
     # out, each job's output in its log file (1: one after another in this process, output on screen; --tune and
-    # --curves always run so). Two fit the 90-minute budget on 2 cores where one does not (docs/results.md)
+    # --curves always run so). On 2 cores two do a little more work than one (docs/results.md, "Budgets")
 
 
 def resolved(cfg):
