@@ -22,8 +22,8 @@ Methods (train_align.py settings):
     rrhf, rrhf_bc, pro, pro_bc, dpo, dpo_bc   baselines without / with the boundary constraint
 
 The task is the built-in one with smaller numbers than train_sft.py's default (factors up to 6, amounts up to
-20): the same templates and chains, but a 2-layer model's VFT levels off by 4,000 steps (vft_steps), where the
-default task still gains 35 points between 1,600 and 3,200 steps (docs/results.md). Alignment runs use a constant
+20): the same templates and chains, but a 2-layer model's VFT levels off by 4,000 steps (vft_steps), long before
+the default task and model would (the curves are in docs/results.md). Alignment runs use a constant
 learning rate after warm-up, so the model at step 100 of a 200-step run is the 100-step model: the tuning grid's
 step counts cost one run per learning rate.
 
