@@ -175,6 +175,7 @@ def run(cfg, base=None):
     """Measure the curve; returns the records. `base`: the train_sft.Config to start from (default: the default
     one); its max_steps, out_dir, seed and saving are set here."""
     validate(cfg)
+    device = compute.pick_device(cfg.device)  # an unusable --device is refused before the task is generated
     steps = parse_steps(cfg.steps)
     out = check_output(cfg.out_dir, "out_dir")
     base = base or train_sft.Config(max_factor=cfg.max_factor, max_number=cfg.max_number, block_size=cfg.block_size,
@@ -198,7 +199,6 @@ def run(cfg, base=None):
     out.mkdir(parents=True, exist_ok=True)
     curve_path = out / "curve.json"
     records = load_curve(curve_path, settings)
-    device = compute.pick_device(cfg.device)
     t_start = time.time()
     for step in steps:
         if any(r["step"] == step for r in records):
