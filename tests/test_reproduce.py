@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,10 +152,28 @@ def test_a_results_file_that_is_not_ours_is_named(tmp_path):
         reproduce.load_results(tmp_path / "results.json")
 
 
-def test_miniature_run_is_resumable(tmp_path, capsys):
-    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
-                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20, workers=1)
-    table = reproduce.run(cfg)
+MINIATURE = dict(methods="vft,aft_bc", seeds="0", vft_steps=3, n_questions=4, k=2, align_steps=2, batch_size=2,
+                 test_questions=3, k_questions=2, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def miniature_run(tmp_path_factory):
+    """(config, table) of one miniature run in this process with one thread, shared by the tests below: the
+    workers' test compares its records with theirs, the resume test reruns it."""
+    out = tmp_path_factory.mktemp("miniature")
+    cfg = reproduce.Config(**MINIATURE, out_dir=str(out), workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' share when two jobs run at once
+    try:
+        table = reproduce.run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return cfg, table
+
+
+def test_miniature_run_is_resumable(miniature_run, capsys):
+    cfg, table = miniature_run
+    tmp_path = Path(cfg.out_dir)
     assert set(table) == {"vft", "aft_bc"}
     records = json.loads((tmp_path / "results.json").read_text())
     assert [(r["seed"], r["method"]) for r in records] == [(0, "vft"), (0, "aft_bc")]
@@ -172,21 +191,18 @@ def test_miniature_run_is_resumable(tmp_path, capsys):
     assert (tmp_path / "results.md").read_text() == report
 
 
-def test_workers_give_the_records_one_process_gives(tmp_path):
+def test_workers_give_the_records_one_process_gives(miniature_run, tmp_path):
     """--workers=2 runs the jobs in worker processes: the same records as this process gives with the same thread
     count, bit for bit, each job's output in its log file, the prerequisites' seconds kept once per seed."""
-    cfg = reproduce.Config(methods="vft,aft_bc", seeds="0", out_dir=str(tmp_path / "one"), vft_steps=3,
-                           n_questions=4, k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20,
-                           workers=1)
+    cfg, _ = miniature_run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reproduce.run(cfg)
         reproduce.run(reproduce.replace(cfg, out_dir=str(tmp_path / "two"), workers=2))  # one thread each, as above
     finally:
         torch.set_num_threads(threads)
-    one, two = ({(r["seed"], r["method"]): r for r in json.loads((tmp_path / d / "results.json").read_text())}
-                for d in ("one", "two"))
+    one, two = ({(r["seed"], r["method"]): r for r in json.loads((d / "results.json").read_text())}
+                for d in (Path(cfg.out_dir), tmp_path / "two"))
     assert set(one) == set(two) == {(0, "vft"), (0, "aft_bc")}
     for key in one:
         assert (two[key]["metrics"], two[key]["correct"], two[key]["train"]) == (

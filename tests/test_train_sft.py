@@ -100,8 +100,20 @@ def test_existing_checkpoint_is_never_overwritten_by_mistake(tmp_path):
 
 
 def run_script(*args, cwd):
+    """`python train_sft.py args` in a fresh process (a second process holding the run lock needs one)."""
     return subprocess.run([sys.executable, str(REPO / "train_sft.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
+
+
+def run_main(*args, cwd, monkeypatch, capsys):
+    """(exit status, stderr) of the command line `train_sft.py args`, run in this process from cwd: the same
+    main() as the script's, without a new interpreter's start-up (a few seconds of torch import per case)."""
+    from configurator import main
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(train, Config, list(args))
+    return info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -110,10 +122,10 @@ def run_script(*args, cwd):
     (["--dataset=gsm8k", "--data_dir=nowhere"], "nowhere"),
     (["--init_from=nowhere"], "nowhere"),
 ])
-def test_bad_input_is_one_line_error(tmp_path, args, message):
-    result = run_script(*args, "--out_dir=out", cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys, args, message):
+    status, err = run_main(*args, "--out_dir=out", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "out").exists()
 
@@ -124,11 +136,12 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
     ('{"question": "q", "answer": "no final line"}\n', "####"),
     ("", "empty"),
 ])
-def test_bad_jsonl_is_one_line_error(tmp_path, content, message):
+def test_bad_jsonl_is_one_line_error(tmp_path, monkeypatch, capsys, content, message):
     (tmp_path / "train.jsonl").write_text(content)
     (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1"}\n')
-    result = run_script("--dataset=gsm8k", f"--data_dir={tmp_path}", "--out_dir=out", cwd=tmp_path)
-    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    status, err = run_main("--dataset=gsm8k", f"--data_dir={tmp_path}", "--out_dir=out", cwd=tmp_path,
+                           monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
