@@ -34,7 +34,9 @@ the training log) and <out_dir>/results.md; a rerun skips what is done. A differ
 
 import json
 import multiprocessing
+import os
 import statistics
+import threading
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
@@ -593,6 +595,17 @@ def worker_job(cfg, seed, method, settings, log_path, threads):
         return method_record(cfg, seed, method, settings)
 
 
+def exit_with_parent(parent_pid):
+    """A worker process's start: a watcher thread ends the worker as soon as the process that started it is gone
+    (killed, even with kill -9, so its `finally` never ran), instead of training on and writing into out_dir with
+    nobody to collect the result. Checkpoints are written atomically, so stopping mid-job loses only that job."""
+    def watch():
+        while os.getppid() == parent_pid:  # an orphan is handed to another parent (init or a subreaper)
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def in_workers(cfg, jobs, settings, t_start):
     """The records of jobs ({seed: methods}) from cfg.workers processes side by side. Every seed's VFT model is
     queued first; when it is done, the seed's first method (its VFT evaluation, cached for the others), then the
@@ -604,7 +617,8 @@ def in_workers(cfg, jobs, settings, t_start):
     total = len(jobs) + sum(map(len, jobs.values()))
     print(f"=== reproduce: {total} jobs on {cfg.workers} worker processes sharing {threads} CPU thread(s); each job's "
           f"output goes to {cfg.out_dir}/seed<N>/<job>.log", flush=True)
-    pool = multiprocessing.get_context("spawn").Pool(cfg.workers)  # fresh interpreters, no state copied from this one
+    pool = multiprocessing.get_context("spawn").Pool(  # fresh interpreters, no state copied from this one
+        cfg.workers, initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def submit(new):  # [(seed, method or None)]: queued with their share of the threads
         if not new:  # a seed whose only job was its first

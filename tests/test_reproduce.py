@@ -1,7 +1,12 @@
 """reproduce.py: the mean +- std table, and a miniature end-to-end run that is resumable."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +14,8 @@ import torch
 
 import reproduce
 from configurator import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
@@ -244,6 +251,54 @@ def test_a_workers_error_stops_the_run_and_keeps_what_is_done(tmp_path):
         reproduce.run(cfg)
     saved = tmp_path / "results.json"  # seed 0's record, when its job ended first
     assert [r["seed"] for r in (json.loads(saved.read_text()) if saved.is_file() else [])] in ([], [0])
+
+
+def children_of(pid):
+    """The live processes whose parent is pid, from /proc (a zombie has ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers through /proc (Linux)")
+def test_killing_the_run_ends_its_workers(tmp_path):
+    """kill -9 of `python reproduce.py` skips its clean-up; its workers notice and end within seconds, instead of
+    training on into out_dir (each would also hold its run's lock, refusing the rerun)."""
+    args = ["--methods=vft", "--seeds=0,1", f"--out_dir={tmp_path}", "--vft_steps=100000", "--n_questions=4", "--k=2",
+            "--n_test=20", "--test_questions=3", "--k_questions=2"]
+    run = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), *args], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        logs = [tmp_path / f"seed{seed}" / "prerequisites.log" for seed in (0, 1)]
+        while not all(log.is_file() and log.stat().st_size for log in logs):  # both workers are in their jobs
+            assert run.poll() is None and time.time() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        workers = children_of(run.pid)
+        assert len(workers) >= 2
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.time() + 15
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:  # not to leave them training beside the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived the killed run"
 
 
 def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
