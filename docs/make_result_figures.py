@@ -17,8 +17,9 @@ Nothing is trained or evaluated here: rerun it whenever a result file changes.
     vft_curves.json                vft_curves.png           VFT's validation curves on the reproduction's task
                                                             ({label: vft_curve.py's curve.json})
 
-A sub-folder of docs/results/ holds another experiment's files (vft2000/: the first one, from 2,000-step VFT models;
-c5/: C5's methods on their own five VFT models); its figures go to the same-named sub-folder of docs/figures/. A missing input skips its figure with a one-line note.
+A sub-folder of docs/results/ holds another experiment's files (vft2000/: the first one, from 2,000-step VFT
+models); its figures go to the same-named sub-folder of docs/figures/. A missing input skips its figure with a
+one-line note.
 difficulty.json is a JSON list with the number of reasoning steps of each test question, in results.json's order:
 [reproduce.chain_steps(ex["answer"]) for ex in the test split of the task the runs used]. From a notebook:
 main(results_dir=..., figures_dir=..., difficulty=[...]) returns the paths it wrote.
