@@ -224,8 +224,7 @@ def test_workers_give_the_records_one_process_gives(miniature_run, tmp_path):
 def test_workers_share_the_threads_among_the_jobs_that_run_at_once(tmp_path):
     """One seed (--quick): its VFT model trains alone with every thread, and is evaluated alone (the vft job); then
     its two other methods run side by side with one thread each. A later run whose seed has one job left ends."""
-    cfg = reproduce.Config(methods="vft,rft,aft_bc", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4,
-                           k=2, align_steps=2, batch_size=2, test_questions=3, k_questions=2, n_test=20, workers=2)
+    cfg = reproduce.Config(**{**MINIATURE, "methods": "vft,rft,aft_bc"}, out_dir=str(tmp_path), workers=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -253,24 +252,23 @@ def test_a_workers_error_stops_the_run_and_keeps_what_is_done(tmp_path):
     assert [r["seed"] for r in (json.loads(saved.read_text()) if saved.is_file() else [])] in ([], [0])
 
 
-def children_of(pid):
-    """The live processes whose parent is pid, from /proc (a zombie has ended)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended while we looked
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+def proc_fields(pid):
+    """The fields of /proc/<pid>/stat after the process's name (state, parent pid, ...); None once it has gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def alive(pid):
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = proc_fields(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has ended
+
+
+def children_of(pid):
+    """The live processes whose parent is pid."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and alive(p.name) and int(proc_fields(p.name)[1]) == pid]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers through /proc (Linux)")

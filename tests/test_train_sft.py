@@ -160,12 +160,9 @@ def test_bad_jsonl_is_one_line_error(tmp_path, monkeypatch, capsys, content, mes
     (["--parallel=zero"], "--parallel"),
 ])
 def test_every_bad_flag_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
-    from configurator import main
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(train, Config, ([] if argv[0].startswith("--out_dir") else ["--out_dir=out"]) + argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    status, err = run_main(*([] if argv[0].startswith("--out_dir") else ["--out_dir=out"]) + argv, cwd=tmp_path,
+                           monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the run directory
 
 
