@@ -7,7 +7,7 @@ questions to see a 2-point difference; then the mean +- std table and paired boo
     python reproduce.py                           # the headline methods (GROUPS), seeds 0-4, test split
     python reproduce.py --quick                   # the classroom version (settings in QUICK)
     python reproduce.py --methods=c5,ablations    # more methods on the same VFT models and candidates (cached)
-    python reproduce.py --curves=c4               # C4: long runs evaluated along the way (val split)
+    python reproduce.py --curves=c4 --seeds=0,1,2 # C4: long runs evaluated along the way (val split)
     python reproduce.py --report                  # results.md again from results.json; nothing is trained
     python reproduce.py --workers=1               # one run after another, in this process, output on screen
 
@@ -114,7 +114,7 @@ class Config:
     seeds: str = "0,1,2,3,4"        # training seeds (the task itself is fixed: data seed 0)
     quick: bool = False             # the classroom version: replaces the settings named in QUICK
     tune: bool = False              # run the tuning grid on the validation split (first seed) instead
-    curves: str = ""                # methods to train for curve_steps, evaluated along the way (val split)
+    curves: str = ""                # methods to train for curve_steps from each seed, evaluated along the way (val)
     report: bool = False            # write results.md from results.json again; train nothing
     dataset: str = field(default="synth", metadata={"choices": TASKS})  # the task: synth, gsm8k or aqua (data_dir's)
     data_dir: str = ""              # folder of the gsm8k / aqua files
@@ -377,26 +377,40 @@ def tune(cfg, methods, seeds):
 
 
 def curves(cfg, seeds):
-    """C4's picture: each of --curves trained to the last of curve_steps, evaluated on the validation split at each
-    step (first seed). Every method takes aft_bc's tuned learning rate, so that with the same step size the
-    constraint is the difference between a method and its bc form. Writes curves.json."""
-    out, seed = Path(cfg.out_dir), seeds[0]
-    vft_dir, cand_path, _ = seed_prerequisites(cfg, seed, out / f"seed{seed}")
-    steps = parse_list(cfg.curve_steps, seed_number, "curve_steps")
+    """C4's picture: each of --curves trained to the last of curve_steps from each seed's VFT model, evaluated on
+    the validation split at each step. Every method takes aft_bc's tuned learning rate, so that with the same step
+    size the constraint is the difference between a method and its bc form. Writes curves.json, one entry per
+    seed ({"seeds": [{"key", "methods"}, ...]}); another seed's entry with the same settings is kept, so seeds can
+    be added by later runs. A seed whose methods are all there trains nothing."""
+    out, steps = Path(cfg.out_dir), parse_list(cfg.curve_steps, seed_number, "curve_steps")
     path = out / "curves.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    key = json.loads(json.dumps({"seed": seed, "steps": steps, "val_questions": cfg.val_questions,
-                                 "task": task_settings(cfg), "vft_steps": cfg.vft_steps,
-                                 "learning_rate": method_settings(cfg, "aft_bc")["learning_rate"]}))
-    result = saved if saved.get("key") == key else {"key": key, "methods": {}}
-    result["methods"].setdefault("vft", [vft_val_record(cfg, vft_dir, cfg.val_questions)])
-    for method in method_list(cfg.curves):
-        if METHODS[method] and method not in result["methods"]:
-            result["methods"][method] = evaluate_steps(cfg, method, seed, vft_dir, cand_path,
-                                                       out / "curves" / method, steps, cfg.val_questions,
-                                                       learning_rate=method_settings(cfg, "aft_bc")["learning_rate"])
-            path.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    learning_rate = method_settings(cfg, "aft_bc")["learning_rate"]
+    key_of = lambda seed: json.loads(json.dumps({  # noqa: E731  (through JSON: as it reads back from the file)
+        "seed": seed, "steps": steps, "val_questions": cfg.val_questions, "task": task_settings(cfg),
+        "vft_steps": cfg.vft_steps, "learning_rate": learning_rate}))
+    same = lambda key: {k: v for k, v in key.items() if k != "seed"} == {  # noqa: E731
+        k: v for k, v in key_of(0).items() if k != "seed"}
+    entries = [e for e in saved.get("seeds", [saved] if "key" in saved else []) if same(e["key"])]  # an earlier
+    # version wrote one seed's entry as the whole file; other settings' entries are dropped
+    wanted = [m for m in method_list(cfg.curves) if METHODS[m]]
+    for seed in seeds:
+        entry = next((e for e in entries if e["key"]["seed"] == seed), None)
+        if entry is None:
+            entry = {"key": key_of(seed), "methods": {}}
+            entries = sorted(entries + [entry], key=lambda e: e["key"]["seed"])
+        todo = [m for m in wanted if m not in entry["methods"]]
+        if not todo and "vft" in entry["methods"]:
+            continue
+        vft_dir, cand_path, _ = seed_prerequisites(cfg, seed, out / f"seed{seed}")
+        entry["methods"].setdefault("vft", [vft_val_record(cfg, vft_dir, cfg.val_questions)])
+        for method in todo:
+            entry["methods"][method] = evaluate_steps(cfg, method, seed, vft_dir, cand_path,
+                                                      out / f"seed{seed}" / "curves" / method, steps,
+                                                      cfg.val_questions, learning_rate=learning_rate)
+            path.write_text(json.dumps({"seeds": entries}, indent=1) + "\n")
+    path.write_text(json.dumps({"seeds": entries}, indent=1) + "\n")
+    return {"seeds": entries}
 
 
 def load_results(path):

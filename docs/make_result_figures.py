@@ -12,7 +12,8 @@ Nothing is trained or evaluated here: rerun it whenever a result file changes.
                                                             s_pos - s_neg, and s_pos, s_neg, mean over seeds
     results.json + difficulty.json difficulty.png           T-Acc by the number of reasoning steps of the question
     curves.json                    c4.png                   long runs, unconstrained against constrained: accuracy,
-                                                            gold perplexity and degeneration along the way
+                                                            gold perplexity and degeneration along the way (the
+                                                            mean over its seeds, shaded from lowest to highest)
     tuning.json                    tuning.png               the tuning grid's validation accuracy, the chosen point
     vft_curves.json                vft_curves.png           VFT's validation curves on the reproduction's task
                                                             ({label: vft_curve.py's curve.json})
@@ -232,40 +233,64 @@ def family_style(method):
     return color, style
 
 
+def curve_entries(curves):
+    """The per-seed entries {"key", "methods"} of a curves.json ({"seeds": [...]}; an earlier version's file was
+    one seed's entry), those with runs only."""
+    entries = curves.get("seeds", [curves] if "methods" in curves else [])
+    return [e for e in entries if e.get("methods")]
+
+
+def across_seeds(entries, method, key):
+    """[(step, mean, lowest, highest)] of one method's key over the seeds that measured it at that step."""
+    by_step = {}
+    for entry in entries:
+        for r in entry["methods"].get(method) or []:
+            if usable(r.get(key)):
+                by_step.setdefault(r["step"], []).append(r[key])
+    return [(step, sum(v) / len(v), min(v), max(v)) for step, v in sorted(by_step.items())]
+
+
 def c4_figure(curves, path):
     """C4: what long unconstrained alignment does, against the same runs with a constraint, measured along the
-    way on the validation split: accuracy, gold perplexity and degeneration, the VFT model as the baseline."""
+    way on the validation split: accuracy, gold perplexity and degeneration, the VFT model as the baseline. With
+    several seeds: the mean over them, shaded from the lowest to the highest seed."""
     plt = pyplot()
-    runs = curves.get("methods", {})
-    methods = [m for m in method_order(runs) if m != "vft" and runs[m]]
+    entries = curve_entries(curves)
+    names = {m for e in entries for m, runs in e["methods"].items() if runs}
+    methods = [m for m in method_order(names) if m != "vft"]
     if not methods:
         return None
-    vft = runs.get("vft", [{}])[0]
-    steps = sorted({r["step"] for m in methods for r in runs[m]})
+    seeds = [e.get("key", {}).get("seed", "?") for e in entries]
+    steps = sorted({r["step"] for e in entries for m in methods for r in e["methods"].get(m) or []})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = (("t_acc", "validation accuracy (greedy)"), ("gold_ppl", "gold perplexity"),
               ("degeneration", "degeneration rate"))
     for ax, (key, label) in zip(axes, panels):
         for method in methods:
-            points = [(r["step"], r[key]) for r in runs[method] if usable(r.get(key))]
+            points = across_seeds(entries, method, key)
             if points:
                 color, style = family_style(method)
-                ax.plot(*zip(*points), style, color=color, marker="o", ms=4, lw=1.8, label=method)
-        if usable(vft.get(key)):
-            ax.axhline(vft[key], color="black", ls=":", lw=1.5, label="VFT (step 0)")
+                step, mean, low, high = zip(*points)
+                ax.plot(step, mean, style, color=color, marker="o", ms=4, lw=1.8, label=method)
+                if len(entries) > 1:
+                    ax.fill_between(step, low, high, color=color, alpha=0.12, lw=0)
+        vft = across_seeds(entries, "vft", key)
+        if vft:
+            ax.axhline(vft[0][1], color="black", ls=":", lw=1.5, label="VFT (step 0)")
         ax.set_xscale("log", base=2)  # the steps double, so each gets an equal share of the axis
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.minorticks_off()
         ax.set_xlabel("alignment steps")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-        values = [r[key] for m in methods for r in runs[m] if usable(r.get(key))]
+        values = [r[key] for e in entries for m in methods for r in e["methods"].get(m) or [] if usable(r.get(key))]
         if key == "gold_ppl" and values and min(values) > 0 and max(values) / min(values) > 10:
             ax.set_yscale("log")  # so one run that multiplies it does not flatten the others into a line
     axes[0].legend(fontsize=8)
-    key = curves.get("key", {})
-    fig.suptitle(f"Unconstrained (solid) against constrained (dashed: _bc, dash-dot: _dc), seed "
-                 f"{key.get('seed', '?')}, {key.get('val_questions', '?')} validation questions", fontsize=11)
+    which = (f"seed {seeds[0]}" if len(seeds) == 1 else
+             f"seeds {', '.join(map(str, seeds))} (mean; shaded: lowest to highest seed)")
+    fig.suptitle(f"Unconstrained (solid) against constrained (dashed: _bc, dash-dot: _dc), {which}, "
+                 f"{entries[0].get('key', {}).get('val_questions', '?')} validation questions", fontsize=11)
     fig.tight_layout()
     return save(fig, path)
 

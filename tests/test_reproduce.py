@@ -315,9 +315,17 @@ def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
     top = max((r for r in rows if r["method"] == "rft"), key=lambda r: (r["t_acc"], -r["step"]))
     assert best["rft"] == {"learning_rate": 1e-4, "max_steps": top["step"]}
     assert set(best["aft_bc"]) == {"learning_rate", "max_steps", "beta"} and "aft_dc" not in best
-    result = reproduce.run(reproduce.replace(cfg, tune=False, curves="aft_none", curve_steps="1,2"))
-    assert [r["step"] for r in result["methods"]["aft_none"]] == [1, 2]
-    assert {"t_acc", "gold_ppl", "degeneration"} <= set(result["methods"]["vft"][0])
+    curves = reproduce.replace(cfg, tune=False, curves="aft_none", curve_steps="1,2")
+    first = reproduce.run(curves)["seeds"]
+    assert [e["key"]["seed"] for e in first] == [0]
+    assert [r["step"] for r in first[0]["methods"]["aft_none"]] == [1, 2]
+    assert {"t_acc", "gold_ppl", "degeneration"} <= set(first[0]["methods"]["vft"][0])
+    both = reproduce.run(reproduce.replace(curves, seeds="1,0"))["seeds"]  # seed 1 added, seed 0's entry kept
+    assert [e["key"]["seed"] for e in both] == [0, 1] and both[0] == first[0]
+    assert [r["step"] for r in both[1]["methods"]["aft_none"]] == [1, 2]
+    assert json.loads((tmp_path / "curves.json").read_text()) == {"seeds": both}
+    monkeypatch.setattr(reproduce, "seed_prerequisites", lambda *args: pytest.fail("a cached seed was run again"))
+    assert reproduce.run(reproduce.replace(curves, seeds="0,1"))["seeds"] == both
 
 
 def test_an_aqua_row(tmp_path):

@@ -107,3 +107,16 @@ def test_the_marked_tuning_point_is_the_one_reproduce_chooses():
     rows = [{"step": 200, "learning_rate": 1e-4, "t_acc": 0.6}, {"step": 100, "learning_rate": 3e-4, "t_acc": 0.6},
             {"step": 100, "learning_rate": 1e-4, "t_acc": 0.6}, {"step": 200, "learning_rate": 3e-4, "t_acc": 0.5}]
     assert figures.best_row(rows) == rows[2]  # a tie goes to fewer steps, then to the lower rate
+
+
+def test_c4_takes_the_mean_lowest_and_highest_over_seeds(tmp_path):
+    def entry(seed, accuracies):
+        return {"key": {"seed": seed, "val_questions": 50},
+                "methods": {"vft": [{"step": 0, "t_acc": 0.9}],
+                            "aft_none": [{"step": s, "t_acc": a} for s, a in zip((100, 200), accuracies)]}}
+    seeds = [entry(0, (0.8, 0.6)), entry(1, (0.9, None)), entry(2, (0.7, 0.7))]  # seed 1 has no usable step 200
+    assert figures.across_seeds(seeds, "aft_none", "t_acc") == [
+        (100, pytest.approx(0.8), 0.7, 0.9), (200, pytest.approx(0.65), 0.6, 0.7)]
+    assert figures.curve_entries({"seeds": seeds}) == seeds
+    assert figures.curve_entries(seeds[0]) == [seeds[0]]  # an earlier version's file: one seed's entry
+    assert figures.c4_figure({"seeds": seeds}, tmp_path / "c4.png").read_bytes().startswith(b"\x89PNG")
