@@ -386,18 +386,15 @@ def curves(cfg, seeds):
     path = out / "curves.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     learning_rate = method_settings(cfg, "aft_bc")["learning_rate"]
-    key_of = lambda seed: json.loads(json.dumps({  # noqa: E731  (through JSON: as it reads back from the file)
-        "seed": seed, "steps": steps, "val_questions": cfg.val_questions, "task": task_settings(cfg),
-        "vft_steps": cfg.vft_steps, "learning_rate": learning_rate}))
-    same = lambda key: {k: v for k, v in key.items() if k != "seed"} == {  # noqa: E731
-        k: v for k, v in key_of(0).items() if k != "seed"}
-    entries = [e for e in saved.get("seeds", [saved] if "key" in saved else []) if same(e["key"])]  # an earlier
-    # version wrote one seed's entry as the whole file; other settings' entries are dropped
+    settings = json.loads(json.dumps({"steps": steps, "val_questions": cfg.val_questions, "task": task_settings(cfg),
+                                      "vft_steps": cfg.vft_steps, "learning_rate": learning_rate}))  # as read back
+    entries = saved.get("seeds", [saved] if "key" in saved else [])  # an earlier version's file: one seed's entry
+    entries = [e for e in entries if {k: v for k, v in e["key"].items() if k != "seed"} == settings]  # others: dropped
     wanted = [m for m in method_list(cfg.curves) if METHODS[m]]
     for seed in seeds:
         entry = next((e for e in entries if e["key"]["seed"] == seed), None)
         if entry is None:
-            entry = {"key": key_of(seed), "methods": {}}
+            entry = {"key": {"seed": seed, **settings}, "methods": {}}
             entries = sorted(entries + [entry], key=lambda e: e["key"]["seed"])
         todo = [m for m in wanted if m not in entry["methods"]]
         if not todo and "vft" in entry["methods"]:
