@@ -86,6 +86,7 @@ def test_a_baseline_with_the_boundary_term_takes_its_baselines_settings_and_aft_
 
 def test_groups_expand_in_order_without_repeats():
     assert reproduce.method_list("headline") == ["vft", "vft_more", "rft", "aft_bc"]
+    assert reproduce.method_list(reproduce.Config.methods) == ["vft", "vft_more", "aft_bc"]  # the default run: no RFT
     assert reproduce.method_list("vft,ablations")[:4] == ["vft", "vft_more", "rft", "aft_dc"]
     assert reproduce.method_list("all") == list(reproduce.METHODS)
 
@@ -301,12 +302,12 @@ def test_killing_the_run_ends_its_workers(tmp_path):
 
 def test_miniature_tuning_and_curves(tmp_path, monkeypatch):
     """The grid's runs are evaluated on the validation split at each of its steps, and the best one is chosen; only
-    the methods of --methods are tuned (aft_dc is not in the default headline group)."""
+    the methods of --methods are tuned (aft_dc is not in the headline group)."""
     monkeypatch.setattr(reproduce, "GRID_LR", (1e-4,))
     monkeypatch.setattr(reproduce, "GRID_STEPS", (1, 2))
     monkeypatch.setattr(reproduce, "KNOBS", {"aft_bc": ("beta", (0.05, 0.2)), "rft": None, "aft_dc": None})
-    cfg = reproduce.Config(seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2, batch_size=2,
-                           n_test=20, val_questions=3, tune=True)
+    cfg = reproduce.Config(methods="headline", seeds="0", out_dir=str(tmp_path), vft_steps=3, n_questions=4, k=2,
+                           batch_size=2, n_test=20, val_questions=3, tune=True)
     best = reproduce.run(cfg)
     rows = json.loads((tmp_path / "tuning.json").read_text())["rows"]
     assert [(r["method"], r["value"], r["step"]) for r in rows] == [
